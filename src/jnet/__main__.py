@@ -1,0 +1,5 @@
+import sys
+
+from jnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""What a model predicts, and how cached labels become training targets and metrics input.
+
+A task has a ``kind``:
+
+- ``binary``: one output channel (sigmoid); cached label 0/1.
+- ``multiclass``: ``classes`` output channels including background (softmax); cached label
+  0..classes-1.
+- ``regions``: one output channel per (possibly overlapping) region (sigmoid each); cached label is
+  a bitmask (bit i set = pixel inside region i), e.g. BraTS WT/TC/ET.
+
+Cached labels are ``uint8`` maps of shape ``(..., H, W)``; see ``docs/design.md``.
+"""
+from __future__ import annotations
+
+import torch
+
+KINDS = ("binary", "multiclass", "regions")
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        from jnet.errors import ConfigError
+
+        raise ConfigError(f"task kind: unknown value {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def target_from_label(label: torch.Tensor, kind: str, classes: int) -> torch.Tensor:
+    """Turn a cached label map into the loss target.
+
+    Shape: ``label (B, H, W)`` integer -> binary ``(B, 1, H, W)`` float, multiclass ``(B, H, W)``
+    long, regions ``(B, R, H, W)`` float.
+    """
+    check_kind(kind)
+    if kind == "binary":
+        return (label > 0).unsqueeze(1).float()
+    if kind == "multiclass":
+        return label.long()
+    bits = torch.arange(classes, device=label.device).view(1, -1, 1, 1)
+    return ((label.long().unsqueeze(1) >> bits) & 1).float()
+
+
+def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Sigmoid (binary, regions) or softmax over channels (multiclass). Shape kept."""
+    check_kind(kind)
+    return torch.softmax(logits, dim=1) if kind == "multiclass" else torch.sigmoid(logits)
+
+
+def masks_from_logits(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Hard per-structure masks for metrics: ``(B, C, H, W)`` logits -> ``(B, K, H, W)`` bool,
+    one channel per foreground structure (multiclass drops the background channel)."""
+    check_kind(kind)
+    if kind == "multiclass":
+        index = logits.argmax(dim=1)
+        return masks_from_label(index, kind, logits.shape[1])
+    return logits > 0
+
+
+def masks_from_label(label: torch.Tensor, kind: str, classes: int) -> torch.Tensor:
+    """Cached label ``(B, H, W)`` -> ``(B, K, H, W)`` bool foreground masks (as masks_from_logits)."""
+    check_kind(kind)
+    if kind == "binary":
+        return (label > 0).unsqueeze(1)
+    if kind == "multiclass":
+        fg = torch.arange(1, classes, device=label.device).view(1, -1, 1, 1)
+        return label.long().unsqueeze(1) == fg
+    return target_from_label(label, kind, classes).bool()
+
+
+def label_from_logits(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Logits ``(B, C, H, W)`` -> cached-label encoding ``(B, H, W)`` uint8 (inverse of
+    target_from_label up to thresholding)."""
+    check_kind(kind)
+    if kind == "binary":
+        return (logits[:, 0] > 0).to(torch.uint8)
+    if kind == "multiclass":
+        return logits.argmax(dim=1).to(torch.uint8)
+    bits = (2 ** torch.arange(logits.shape[1], device=logits.device)).view(1, -1, 1, 1)
+    return ((logits > 0).long() * bits).sum(dim=1).to(torch.uint8)
+
+
+def structure_names(task: dict) -> list[str]:
+    """Names of the foreground structures that metrics report, in channel order."""
+    names = list(task["names"])
+    return names[1:] if task["kind"] == "multiclass" else names
