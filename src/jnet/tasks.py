@@ -83,3 +83,51 @@ def structure_names(task: dict) -> list[str]:
     """Names of the foreground structures that metrics report, in channel order."""
     names = list(task["names"])
     return names[1:] if task["kind"] == "multiclass" else names
+
+
+def encode_label(label, task: dict):
+    """Map a dataset label volume (any integer array) to the cached ``uint8`` encoding of ``task``.
+
+    ``task["labels"]`` maps each output name to the source label values it covers.
+    Shape: kept.
+    """
+    import numpy as np
+
+    kind = check_kind(task["kind"])
+    names = list(task["names"])
+    out = np.zeros(np.shape(label), dtype=np.uint8)
+    if kind == "binary":
+        out[np.isin(label, task["labels"][names[0]])] = 1
+    elif kind == "multiclass":
+        for i, name in enumerate(names[1:], start=1):
+            out[np.isin(label, task["labels"][name])] = i
+    else:
+        for i, name in enumerate(names):
+            out[np.isin(label, task["labels"][name])] |= np.uint8(1 << i)
+    return out
+
+
+def decode_label(encoded, task: dict, priority: list[str] | None = None):
+    """Inverse of encode_label for writing masks in the dataset's own label values.
+
+    binary -> the first source value of the foreground; multiclass -> each class's first source
+    value; regions -> each pixel gets the source value that is in all regions the pixel is in and
+    in no other (e.g. BraTS: WT only -> 2, WT+TC -> 1, WT+TC+ET -> 4). Shape: kept.
+    """
+    import numpy as np
+
+    kind = check_kind(task["kind"])
+    names = list(task["names"])
+    out = np.zeros(np.shape(encoded), dtype=np.int16)
+    if kind == "binary":
+        out[encoded > 0] = task["labels"][names[0]][0]
+        return out
+    if kind == "multiclass":
+        for i, name in enumerate(names[1:], start=1):
+            out[encoded == i] = task["labels"][name][0]
+        return out
+    values = sorted({v for name in names for v in task["labels"][name]})
+    for value in values:
+        code = sum(1 << i for i, name in enumerate(names) if value in task["labels"][name])
+        out[encoded == code] = value
+    return out

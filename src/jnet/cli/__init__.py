@@ -14,7 +14,7 @@ import sys
 from jnet import __version__
 
 # Modules under jnet.cli that register sub-commands, in --help order.
-COMMAND_MODULES = ("data", "train", "deploy", "sweep")
+COMMAND_MODULES = ("data", "train", "evaluate", "deploy", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
