@@ -1,0 +1,489 @@
+"""Read the slice cache: training pairs ``(low-res image, high-res label)`` for Lightning.
+
+- :func:`open_prepared` checks a cache directory and maps its arrays (lazily, once per process:
+  loader workers never receive a copy of the arrays, only the paths).
+- :class:`SliceDataset` serves one split. ``dataset[i]`` is one sample; the DataLoader's batched
+  path (``__getitems__``) reads a whole batch of rows from the memory maps at once (sorted rows),
+  augments the batch with tensor ops and calls :func:`jnet.data.pairs.downsample` once per batch.
+- :class:`PreparedDataModule` gives the train/val/test/predict loaders.
+
+Augmentation (``augment``), applied at high resolution so image and label stay aligned:
+
+- ``"flip"`` (``True``): random horizontal and vertical flips, each with probability 0.5 per
+  sample, as published.
+- ``"full"``: flips, then a small random affine per sample (rotation +-10 degrees, scale 0.9-1.1,
+  shift +-5 % of the side; image bilinear, label nearest, zeros outside) and intensity jitter on
+  the non-zero voxels (``x * U(0.9, 1.1) + U(-0.1, 0.1)`` per sample and channel).
+- ``"none"`` (``False``): nothing.
+
+The label is always augmented at high resolution. With flips only and an ``area`` or ``gaussian``
+downsample the image is flipped after downsampling: those are mirror-symmetric, so the result is
+the same as flipping at high resolution (to float rounding) at a fraction of the cost.
+
+Randomness comes from the seed, the epoch and the batch's rows only (never from worker state), so a
+seed gives the same batches whatever ``num_workers`` is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from jnet.data.pairs import check_mode, downsample
+from jnet.data.prepare import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
+from jnet.errors import ConfigError, DataError
+
+AUGMENT_MODES = ("none", "flip", "full")
+#: Downsample modes whose result is mirror-symmetric: downsample(flip(x)) == flip(downsample(x)).
+FLIP_EQUIVARIANT = ("area", "gaussian")
+_REQUIRED = {"format_version": int, "task": dict, "channels": list, "size": int, "dtype": str,
+             "n_slices": int, "cases": list, "normalisation": dict}
+
+
+class Prepared:
+    """An opened slice cache: the checked ``prepared.json`` (``meta``) and its arrays.
+
+    ``images`` ``(N, C, S, S)`` and ``labels`` ``(N, S, S)`` are read-only memory maps, opened on
+    first use in each process; pickling (to loader workers) drops them.
+    """
+
+    def __init__(self, root: Path, meta: dict) -> None:
+        self.root = root
+        self.meta = meta
+        cases = meta["cases"]
+        self.case_ids = [c["case_id"] for c in cases]
+        # Row -> (case number, slice index in the original volume), for batch metadata.
+        self.row_case = np.repeat(np.arange(len(cases), dtype=np.int32),
+                                  [c["count"] for c in cases])
+        self.row_slice = np.concatenate(
+            [np.asarray(c["slice_indices"], dtype=np.int64) for c in cases] or [np.zeros(0, np.int64)])
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._pid = -1
+
+    @property
+    def task(self) -> dict:
+        return self.meta["task"]
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.meta["channels"])
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.meta["channels"])
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.meta["n_slices"])
+
+    @property
+    def images(self) -> np.ndarray:
+        return self._open()[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._open()[1]
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = tuple(_load_npy(self.root / name) for name in (IMAGES_FILE, LABELS_FILE))
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None, "_pid": -1}
+
+
+def open_prepared(root: str | os.PathLike) -> Prepared:
+    """Open and check the slice cache in ``root``.
+
+    Raises:
+        DataError: naming the file, if ``prepared.json`` is missing, unreadable, of another format
+            version or inconsistent, or if an array file is missing, truncated or of the wrong
+            shape/dtype.
+    """
+    root = Path(root)
+    path = root / PREPARED_FILE
+    if not path.is_file():
+        raise DataError(f"{root}: not a jnet slice cache ({PREPARED_FILE} missing); run `jnet data prepare`")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or unreadable JSON ({e}); re-run `jnet data prepare`") from e
+    _check_meta(meta, path)
+    n, c, s = meta["n_slices"], len(meta["channels"]), meta["size"]
+    _check_npy(root / IMAGES_FILE, (n, c, s, s), np.dtype(meta["dtype"]))
+    _check_npy(root / LABELS_FILE, (n, s, s), np.dtype(np.uint8))
+    return Prepared(root, meta)
+
+
+class SliceDataset(Dataset):
+    """The slices of one split of a slice cache, as training pairs.
+
+    Args:
+        root: the cache directory (or an opened :class:`Prepared`).
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        fold: the fold of ``splits.json`` for train/val.
+        in_size: ``s``, the low-resolution input side.
+        downsample: low-resolution simulation (:data:`jnet.data.pairs.DOWNSAMPLE_MODES`).
+        augment: ``"none"``/False, ``"flip"``/True or ``"full"`` (module docstring).
+        seed: seed of the augmentation.
+        lowres_cache: compute the low-res images of the split once and keep them in memory
+            (see :class:`PreparedDataModule`).
+
+    ``dataset[i]`` returns ``(lr_image, hr_label, meta)``: ``lr_image (C, s, s)`` float32,
+    ``hr_label (S, S)`` uint8 and ``{"index": row, "case_id": str, "slice_index": int}``.
+    ``dataset.__getitems__(positions)`` returns the batch ``(lr (B, C, s, s), hr (B, S, S),
+    meta)`` with ``meta["index"]`` / ``meta["slice_index"]`` LongTensors ``(B,)`` and
+    ``meta["case_id"]`` a list.
+    """
+
+    def __init__(self, root: str | os.PathLike | Prepared, split: str = "train", fold: int = 0,
+                 in_size: int = 16, downsample: str = "area", augment: bool | str = False,
+                 seed: int = 0, lowres_cache: bool = False) -> None:
+        from jnet.data.splits import load_splits, split_indices
+
+        self.prepared = root if isinstance(root, Prepared) else open_prepared(root)
+        self.split, self.fold = split, fold
+        self.in_size = _check_in_size(in_size, self.prepared.size)
+        self.downsample = check_mode(downsample)
+        self.augment = _augment_mode(augment)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.rows = split_indices(self.prepared, load_splits(self.prepared.root), split, fold)
+        self._augment_low_res = self.augment == "none" or (
+            self.augment == "flip" and self.downsample in FLIP_EQUIVARIANT)
+        if lowres_cache and not self._augment_low_res:
+            raise ConfigError(
+                f"data.lowres_cache: a fixed low-res cache needs augment none, or flip with downsample "
+                f"{' or '.join(FLIP_EQUIVARIANT)}; found augment {self.augment!r}, downsample {self.downsample!r}")
+        self.lowres_cache = bool(lowres_cache)
+        self._lowres: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lowres": None}  # each worker builds its own, if asked
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary the per-sample augmentation of ``dataset[i]`` by epoch (batches vary by their rows)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"position {position} out of range for {len(self)} slices")
+        lr, hr, meta = self._batch([position % len(self)], extra=self.epoch)
+        return lr[0], hr[0], {"index": int(meta["index"][0]), "case_id": meta["case_id"][0],
+                              "slice_index": int(meta["slice_index"][0])}
+
+    def __getitems__(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        return self._batch(positions)
+
+    def _batch(self, positions: Sequence[int], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self.rows[positions]
+        order = np.argsort(rows, kind="stable")  # read the memory maps in row order...
+        back = np.argsort(order)  # ...and hand the samples back in the requested order
+        labels = torch.from_numpy(self.prepared.labels[rows[order]])
+        generator = batch_generator(self.seed, extra, rows) if self.augment != "none" else None
+        if self.lowres_cache:
+            lr = self._lowres_images()[torch.from_numpy(positions[order])]  # self.rows is sorted
+        else:
+            images = torch.from_numpy(self.prepared.images[rows[order]]).float()
+            if not self._augment_low_res:
+                images, labels = augment_batch(images, labels, self.augment, generator, order=back)
+                return downsample(images, self.in_size, self.downsample), labels, self._meta(rows)
+            lr = downsample(images, self.in_size, self.downsample)
+        # Flips of the low-res image equal flips at high resolution here (module docstring).
+        lr, labels = augment_batch(lr, labels, self.augment, generator, order=back)
+        return lr, labels, self._meta(rows)
+
+    def _meta(self, rows: np.ndarray) -> dict:
+        return {"index": torch.from_numpy(rows),
+                "case_id": [self.prepared.case_ids[i] for i in self.prepared.row_case[rows]],
+                "slice_index": torch.from_numpy(self.prepared.row_slice[rows])}
+
+    def _lowres_images(self) -> torch.Tensor:
+        """The low-res images of every row of the split, computed once per process.
+
+        Shape: ``(len(self), C, s, s)`` float32."""
+        if self._lowres is None:
+            chunks = [downsample(torch.from_numpy(self.prepared.images[self.rows[i:i + 256]]).float(),
+                                 self.in_size, self.downsample) for i in range(0, len(self.rows), 256)]
+            c = self.prepared.in_channels
+            self._lowres = torch.cat(chunks) if chunks else torch.zeros(0, c, self.in_size, self.in_size)
+        return self._lowres
+
+
+def batch_generator(seed: int, epoch: int, rows: np.ndarray) -> torch.Generator:
+    """The random source of one batch: a function of the seed, the epoch and the batch's rows
+    only, so batches do not depend on which loader worker builds them."""
+    key = zlib.crc32(np.asarray(rows, dtype=np.int64).tobytes())
+    state = np.random.SeedSequence([int(seed), int(epoch), key]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def augment_batch(images: torch.Tensor, labels: torch.Tensor, mode: str = "flip",
+                  generator: torch.Generator | None = None,
+                  order: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a high-resolution batch; image and label get the same geometric change.
+
+    Args:
+        images: images of any dtype. labels: integer label maps (values are only copied).
+        mode: ``"none"``, ``"flip"`` or ``"full"`` (module docstring).
+        generator: source of randomness.
+        order: optional permutation applied first (sample ``k`` of the result is
+            ``images[order[k]]``); fused into the same copy.
+    Returns:
+        New ``(images float32, labels)`` tensors; labels keep their dtype.
+
+    Shape: ``images (B, C, H, W)``, ``labels (B, H, W)``.
+    """
+    mode = _augment_mode(mode)
+    b = images.shape[0]
+    flips = (torch.rand(b, 2, generator=generator) < 0.5).tolist() if mode != "none" else None
+    images, labels = _arrange(images, labels, order, flips)
+    if mode == "full":
+        images, labels = _affine(images, labels, generator)
+        scale = 0.9 + 0.2 * torch.rand(b, images.shape[1], 1, 1, generator=generator)
+        shift = -0.1 + 0.2 * torch.rand(b, images.shape[1], 1, 1, generator=generator)
+        jittered = images * scale.to(images.device) + shift.to(images.device)
+        images = torch.where(images != 0, jittered, images)
+    return images, labels
+
+
+def _arrange(images: torch.Tensor, labels: torch.Tensor, order: np.ndarray | None,
+             flips: list[list[bool]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder, flip (horizontal = last axis, vertical = second to last) and cast to float32 in
+    one copy per sample: much faster on CPU than whole-batch ``flip``/``where``."""
+    if order is None and flips is None:
+        return images.float(), labels
+    # the cast is fused into the copy
+    out_images = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    out_labels = torch.empty_like(labels)
+    for k in range(images.shape[0]):
+        src = int(order[k]) if order is not None else k
+        dims = [d for d, flip in zip((-1, -2), flips[k]) if flip] if flips is not None else []
+        out_images[k] = images[src].flip(dims) if dims else images[src]
+        out_labels[k] = labels[src].flip(dims) if dims else labels[src]
+    return out_images, out_labels
+
+
+def _affine(images: torch.Tensor, labels: torch.Tensor,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    b = images.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * (np.pi / 18)
+    scale = 0.9 + 0.2 * torch.rand(b, generator=generator)
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * 0.1  # 5 % of the side, in [-1, 1] units
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = F.grid_sample(labels.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)
+    return images, warped.squeeze(1).round().to(labels.dtype)
+
+
+class EpochSampler(Sampler[int]):
+    """Positions ``0..n-1``, reshuffled each epoch from ``(seed, epoch)`` when ``shuffle``.
+
+    Lightning calls :meth:`set_epoch`; without it each new iteration counts as the next epoch."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, int(seed)
+        self.epoch, self._explicit = 0, False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._explicit = int(epoch), True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if not self._explicit:
+            self.epoch += 1
+        return iter(order.tolist())
+
+
+def _keep_batch(batch: Any) -> Any:
+    return batch  # SliceDataset.__getitems__ already returns a collated batch
+
+
+def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader that reads whole batches through ``SliceDataset.__getitems__``.
+
+    ``drop_last`` drops a final incomplete batch, unless it would be the only batch."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"data.batch_size: expected a positive integer, found {batch_size!r}")
+    drop = drop_last and len(dataset) >= batch_size
+    sampler = BatchSampler(EpochSampler(len(dataset), shuffle, seed), batch_size, drop)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_keep_batch, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, pin_memory=pin_memory)
+
+
+class PreparedDataModule(pl.LightningDataModule):
+    """Train/val/test/predict loaders over a slice cache.
+
+    Args:
+        root: the cache directory.
+        in_size: ``s``, the low-resolution input side.
+        downsample: low-resolution simulation (``area``, ``nearest``, ``gaussian``).
+        batch_size: training batch size; ``eval_batch_size`` (default: the same) for the others.
+        num_workers: loader worker processes (persistent).
+        fold: the fold of ``splits.json``.
+        augment: training augmentation, ``"flip"``/True (as published), ``"full"`` or False.
+        seed: seed of shuffling and augmentation.
+        drop_last: drop the last incomplete training batch (BatchNorm cannot train on one sample
+            at a 1x1 bottleneck); kept when it is the only batch.
+        predict_split: the split the predict loader serves.
+        lowres_cache: keep the low-res images of each split in memory (computed once per process;
+            ``C * s * s * 4`` bytes per slice); only with augment none/flip and an area or gaussian
+            downsample, where flipping the low-res image equals flipping at high resolution.
+
+    Batches: ``(lr (B, C, s, s) float32, hr_label (B, S, S) uint8, meta)``, ``meta`` with
+    ``index`` and ``slice_index`` LongTensors ``(B,)`` and ``case_id`` a list of strings.
+    Attributes from prepared.json: ``task``, ``channels``, ``size``, ``in_channels``, ``classes``.
+    """
+
+    def __init__(self, root: str | os.PathLike, in_size: int, downsample: str = "area",
+                 batch_size: int = 16, num_workers: int = 0, fold: int = 0,
+                 augment: bool | str = True, seed: int = 0, eval_batch_size: int | None = None,
+                 drop_last: bool = True, predict_split: str = "test", pin_memory: bool = False,
+                 lowres_cache: bool = False) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.prepared = open_prepared(self.root)
+        self.in_size = _check_in_size(in_size, self.prepared.size)
+        self.downsample = check_mode(downsample)
+        self.augment = _augment_mode(augment)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.fold, self.seed = num_workers, fold, int(seed)
+        self.drop_last, self.predict_split, self.pin_memory = drop_last, predict_split, pin_memory
+        self.lowres_cache = lowres_cache
+        self.task = self.prepared.task
+        self.channels = self.prepared.channels
+        self.size = self.prepared.size
+        self.in_channels = self.prepared.in_channels
+        self.classes = int(self.task["classes"])
+        self._datasets: dict[str, SliceDataset] = {}
+
+    def dataset(self, split: str) -> SliceDataset:
+        """The dataset of ``split`` (train is augmented; the others are not)."""
+        if split not in self._datasets:
+            self._datasets[split] = SliceDataset(
+                self.prepared, split, self.fold, self.in_size, self.downsample,
+                self.augment if split == "train" else "none", self.seed, self.lowres_cache)
+        return self._datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": (self.predict_split,)}.get(stage or "", ("train", "val", "test"))
+        for split in wanted:
+            self.dataset(split)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        return make_loader(self.dataset(split), self.batch_size if train else self.eval_batch_size,
+                           shuffle=train, seed=self.seed, drop_last=train and self.drop_last,
+                           num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split)
+
+
+def _check_in_size(in_size: int, size: int) -> int:
+    if not isinstance(in_size, int) or isinstance(in_size, bool) or not 1 <= in_size <= size:
+        raise ConfigError(
+            f"data.in_size: expected an integer in 1..{size} (the cache's size S), found {in_size!r}")
+    return in_size
+
+
+def _augment_mode(augment: bool | str) -> str:
+    mode = ("flip" if augment else "none") if isinstance(augment, bool) else augment
+    if mode not in AUGMENT_MODES:
+        raise ConfigError(
+            f"data.augment: expected true/false or one of {', '.join(AUGMENT_MODES)}, found {augment!r}")
+    return mode
+
+
+def _check_meta(meta: Any, path: Path) -> None:
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: format_version {version!r} is not supported (this jnet reads {FORMAT_VERSION}); "
+            "re-run `jnet data prepare` with this version")
+    problems = [f"{key!r} missing or not {kind.__name__}" for key, kind in _REQUIRED.items()
+                if not isinstance(meta.get(key), kind)]
+    if not problems:
+        start = 0
+        for k, case in enumerate(meta["cases"]):
+            ok = isinstance(case, dict) and all(key in case for key in ("case_id", "start", "count", "slice_indices"))
+            if not ok or case["start"] != start or len(case["slice_indices"]) != case["count"]:
+                problems.append(f"cases[{k}] is malformed or its rows are not contiguous (expected start {start})")
+                break
+            start += case["count"]
+        if not problems and start != meta["n_slices"]:
+            problems.append(f"the cases cover {start} rows but n_slices is {meta['n_slices']}")
+        task = meta["task"]
+        if not all(key in task for key in ("kind", "names", "classes", "labels")):
+            problems.append("task must have kind, names, classes and labels")
+        if meta["dtype"] not in DTYPES:
+            problems.append(f"dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if problems:
+        raise DataError(f"{path}: corrupt slice cache: {'; '.join(problems)}; re-run `jnet data prepare`")
+
+
+def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Check an .npy file's header and size without mapping it."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            found_shape, _, found_dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: missing; the slice cache is incomplete, re-run `jnet data prepare`") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e}); re-run `jnet data prepare`") from e
+    if tuple(found_shape) != shape or found_dtype != dtype:
+        raise DataError(f"{path}: expected an array {shape} {dtype}, found {tuple(found_shape)} {found_dtype}")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise DataError(f"{path}: truncated: expected {expected} bytes, found {path.stat().st_size}")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot map the array ({e}); re-run `jnet data prepare`") from e
