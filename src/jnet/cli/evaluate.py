@@ -1,0 +1,67 @@
+"""`jnet evaluate RUN_DIR|CKPT --data PREPARED --out DIR`: score a trained model on a slice cache."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` sub-command."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a trained model on a prepared slice cache (Jaccard, Dice, HD95; slices and volumes)",
+        description=(
+            "Predict every slice of a split at the model's input size, compare at the cache's "
+            "high resolution, and write metrics.json, per_case.csv, per_slice.csv and overlay PNGs."
+        ),
+    )
+    p.add_argument("source", metavar="RUN_DIR|CKPT", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("--data", required=True, metavar="PREPARED", help="slice cache written by `jnet data prepare`")
+    p.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
+                   help="which slices: the test split, val/train of --fold, or all (another dataset)")
+    p.add_argument("--fold", type=int, default=0, help="cross-validation fold for --split val/train")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the results")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="slices per forward pass")
+    p.add_argument("--native", action="store_true",
+                   help="also score at each case's native voxel grid")
+    p.add_argument("--overlays", type=int, default=3, metavar="N",
+                   help="overlay PNGs: best, median, worst case by volume Jaccard (0: none)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a pickled checkpoint (runs code from the file: only for files you trust)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, then print a Markdown summary table and where the files are."""
+    from jnet.errors import ConfigError
+    from jnet.evaluate import evaluate_path, summary_table
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+    if args.overlays < 0:
+        raise ConfigError(f"--overlays: expected 0 or more, found {args.overlays}")
+    metrics = evaluate_path(
+        args.source, args.data, trust_pickle=args.trust_pickle, split=args.split, fold=args.fold,
+        out_dir=args.out, batch_size=args.batch_size, native=args.native, overlays=args.overlays,
+        device=args.device, overwrite=args.overwrite,
+    )
+    out = Path(args.out)
+    up = metrics.get("logits_upsampled_from")
+    print(f"{metrics['split']} split: {metrics['n_slices']} slices, {metrics['n_cases']} cases, "
+          f"input {metrics['in_size']}x{metrics['in_size']} ({metrics['downsample']}), scored at "
+          f"{metrics['out_size']}x{metrics['out_size']}"
+          + (f" (model output {up}x{up} upsampled bilinearly)" if up else ""))
+    print()
+    print(summary_table(metrics))
+    if metrics.get("native"):
+        print()
+        print("At the native voxel grid:")
+        print()
+        print(summary_table(metrics["native"]))
+    print()
+    print(f"HD95 undefined (exactly one mask empty): {metrics['hd95_undefined']} slice-structure pairs")
+    print(f"wrote {out / 'metrics.json'}, {out / 'per_case.csv'}, {out / 'per_slice.csv'}"
+          + (f", {out / 'overlays'}/" if args.overlays else ""))
+    return 0
