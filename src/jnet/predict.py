@@ -269,7 +269,7 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
         timing[stage] = now - clock
         clock = now
 
-    loaded = load_volume(item.path, list(meta.channels) if item.kind == "brats" else None)
+    loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None)
     header = _header(item) if item.kind != "png" else None
     check_volume(loaded.image, meta, source)
     lap("load")

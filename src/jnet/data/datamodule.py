@@ -35,7 +35,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jnet.data.pairs import check_mode, downsample
 from jnet.data.prepare import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
@@ -335,8 +335,11 @@ def make_loader(dataset: SliceDataset, batch_size: int, shuffle: bool = False, s
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"data.batch_size: expected a positive integer, found {batch_size!r}")
     drop = drop_last and len(dataset) >= batch_size
-    sampler = BatchSampler(EpochSampler(len(dataset), shuffle, seed), batch_size, drop)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_keep_batch, num_workers=num_workers,
+    # batch_size + sampler (not a batch_sampler) so that Lightning can swap in a
+    # DistributedSampler under DDP and keep the batch size; the fetcher still reads whole
+    # batches through __getitems__.
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), shuffle, seed),
+                      drop_last=drop, collate_fn=_keep_batch, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=pin_memory)
 
 

@@ -314,8 +314,6 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> Load
         return LoadedCase(image.astype(np.float32), None, np.eye(4), (1.0, 1.0, 1.0), tuple(keep))
     if not readers.is_nifti(path):
         raise DataError(f"{path}: expected a .nii/.nii.gz file, a BraTS case folder or a .png file")
-    if channels is not None:
-        raise ConfigError(f"channels: {path} does not name its channels; select them before saving")
     data, affine = readers.read_nifti(path)
     if data.ndim == 3:
         image = data[None]
@@ -326,9 +324,36 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> Load
             f"{path}: a {data.ndim}D image of shape {data.shape}; expected 3D (X, Y, Z) or 4D "
             f"(X, Y, Z, channels)"
         )
+    names = _msd_channel_names(path, image.shape[0])
+    if channels is not None and len(channels) != image.shape[0]:
+        # A NIfTI does not name its channels; an MSD file does through its dataset.json.
+        if not names:
+            raise ConfigError(
+                f"channels: {path} has {image.shape[0]} unnamed channel(s) and the model needs "
+                f"{len(channels)} ({', '.join(channels)}); put it in its MSD folder (with "
+                f"dataset.json) or save the channels the model needs"
+            )
+        keep = select_channels(names, channels)
+        image, names = image[keep], tuple(names[i] for i in keep)
     report = Collector(collect=False)
     check_intensities(report, path, image, ())
-    return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), ())
+    return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
+
+
+def _msd_channel_names(path: Path, count: int) -> tuple[str, ...]:
+    """Channel names of an MSD image from the ``dataset.json`` of its task folder, if any."""
+    import json
+
+    for folder in (path.parent, path.parent.parent):
+        manifest = folder / "dataset.json"
+        if manifest.is_file():
+            try:
+                modality = json.loads(manifest.read_text()).get("modality", {})
+                names = tuple(str(modality[str(i)]) for i in range(count))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return ()
+            return names
+    return ()
 
 
 # ------------------------------------------------------------------ tasks
