@@ -1,0 +1,123 @@
+"""Eager CPU throughput of the base alone vs J-Net (folded and unfolded head), as a Markdown table.
+
+For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = that base plus the
+published head up to S (256; 320 for s = 80 and 160), evaluated with the folded head (the way to
+deploy it) and unfolded (to show what the fold buys). Parameters, MACs per image, images/s at
+each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
+every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the head is free).
+
+    python benchmarks/bench_models.py                       # the full table (minutes)
+    python benchmarks/bench_models.py --sizes 16 --reps 3   # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from jnet.models import build_model, fold_head
+from jnet.profile import count_macs, count_parameters
+
+
+def out_size_for(s: int) -> int:
+    """S: 256, or 320 where s does not divide 256 (80, 160)."""
+    return 256 if 256 % s == 0 else 320
+
+
+def per_image_seconds(fn: Callable[[], object], batch: int, min_time: float) -> Callable[[], float]:
+    """A timer for ``fn``: returns seconds per image of one repetition (looped to ``min_time``)."""
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    loops = max(1, int(min_time / once))
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        return (time.perf_counter() - t0) / (loops * batch)
+
+    return run
+
+
+def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: float,
+               width: int) -> list[dict]:
+    big = out_size_for(s)
+    jnet = build_model(arch="jnet", variant="faithful", width=width, in_size=s, out_size=big).eval()
+    folded = fold_head(jnet)
+    models = {"base": jnet.base, "folded": folded, "unfolded": jnet}
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 1, s, s)
+        with torch.inference_mode():
+            calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+            for fn in calls.values():
+                for _ in range(warmup):
+                    fn()
+            timers = {name: per_image_seconds(fn, batch, min_time) for name, fn in calls.items()}
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            for _ in range(reps):
+                for name, timer in timers.items():
+                    times[name].append(timer())
+        ips = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+        rows.append({
+            "s": s, "S": big, "batch": batch,
+            "params_base": count_parameters(jnet.base), "params_jnet": count_parameters(jnet),
+            "macs_base": count_macs(jnet.base, (1, 1, s, s)), "macs_jnet": count_macs(jnet, (1, 1, s, s)),
+            "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| s | S | batch | params base | params J-Net | MACs base | MACs J-Net | base img/s "
+            "| J-Net img/s (folded) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['s']} | {r['S']} | {r['batch']} | {r['params_base']:,} | {r['params_jnet']:,} "
+            f"| {r['macs_base'] / 1e6:.1f} M | {r['macs_jnet'] / 1e6:.1f} M | {r['ips_base']:.0f} "
+            f"| {r['ips_folded']:.0f} | {r['ips_folded'] / r['ips_base']:.2f}x "
+            f"| {r['ips_unfolded']:.0f} | {r['ips_unfolded'] / r['ips_base']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128, 160])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per model first")
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--width", type=int, default=16, help="base width n (16 = the reference)")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for s in args.sizes:
+        ratio = out_size_for(s) // s
+        if out_size_for(s) % s or ratio & (ratio - 1) or s % 16:
+            parser.error(f"--sizes: {s} is not a multiple of 16 that reaches 256 or 320 by x2 steps")
+    rows = []
+    for s in tqdm(args.sizes, desc="sizes", file=sys.stderr):
+        rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width)
+    table = markdown(rows)
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
+              f"median of {args.reps} repetitions after {args.warmup} warm-up calls; ELU-Net "
+              f"faithful width {args.width}; ratio = J-Net img/s / base img/s\n\n")
+    print(header + table)
+    if args.out:
+        from jnet.io import write_text
+
+        write_text(args.out, header + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
