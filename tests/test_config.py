@@ -11,7 +11,7 @@ from jnet.config import (Config, apply_overrides, config_from_dict, diff, dump_y
 from jnet.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
+SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.parts)  # sweeps: tests/test_sweep.py
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:

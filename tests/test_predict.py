@@ -283,3 +283,21 @@ def test_onnx_runtime_path_needs_no_torch(models, tmp_path):
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_msd_volume_channels_are_selected_by_name(tmp_path):
+    """A 4D MSD image (T2, ADC) given to a T2-only model: the T2 channel is picked via dataset.json."""
+    import json
+
+    from jnet.data.formats import load_volume
+
+    task = tmp_path / "Task05_Prostate"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "dataset.json").write_text(json.dumps({"modality": {"0": "T2", "1": "ADC"}}))
+    src = write_volume(task / "imagesTr" / "p.nii.gz", channels=2)
+    full = load_volume(src)
+    t2 = load_volume(src, ["T2"])
+    adc = load_volume(src, ["adc"])
+    assert full.image.shape[0] == 2 and t2.channels == ("T2",) and adc.channels == ("ADC",)
+    np.testing.assert_array_equal(t2.image[0], full.image[0])
+    np.testing.assert_array_equal(adc.image[0], full.image[1])

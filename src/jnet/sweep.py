@@ -7,7 +7,8 @@ gathered into ``results.csv``, ``results.md``, plots and ``report.md`` (see :mod
 
 Sweep config (YAML)::
 
-    recipe: ../paper/jnet16.yaml      # training config shared by every cell (relative to this file)
+    recipe: ../paper/jnet16.yaml      # training config shared by every cell (a path relative to
+                                      # this file, or the config itself inline)
     overrides: [train.epochs=200]     # dotted overrides applied to the recipe
     data: {path: /data/prostate-prepared, downsample: nearest}   # merged into the recipe's data
     out_size: 256
@@ -76,7 +77,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     if not isinstance(raw["models"], dict):
         raise ConfigError(f"{path}: 'models' must map a model name to build_model fields")
     recipe = raw.get("recipe")
-    if recipe is not None:
+    if isinstance(recipe, dict):  # inlined, as in the sweep.yaml that `jnet demo` writes
+        pass
+    elif recipe is not None:
         recipe_path = (path.parent / recipe).resolve()
         try:
             raw["recipe"] = yaml.safe_load(recipe_path.read_text()) or {}
@@ -163,13 +166,16 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
 def bench_cell(model, info: Mapping, cell_dir: Path, options: Mapping[str, Any]) -> dict:
     """Speed and size of a trained model: eager PyTorch and (optionally) ONNX Runtime."""
     from jnet.bench import measure_onnx, measure_torch
+    from jnet.export import inference_module
     from jnet.profile import count_macs, count_parameters
 
     batch = int(options.get("batch", 16))
     reps = int(options.get("reps", 10))
     shape = (1, model.in_channels, model.in_size, model.in_size)
-    out = {"params": count_parameters(model), "macs": count_macs(model, shape)}
-    out.update(measure_torch(model, shape, batch=batch, reps=reps))
+    # Speed and MACs of what is deployed (the folded head where there is one); params as trained.
+    deployed, _ = inference_module(model)
+    out = {"params": count_parameters(model), "macs": count_macs(deployed, shape)}
+    out.update(measure_torch(deployed, shape, batch=batch, reps=reps))
     if options.get("onnx", True):
         from jnet.export import export_onnx
 
@@ -187,8 +193,6 @@ def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = Non
     Returns:
         The path of ``report.md``.
     """
-    from tqdm.auto import tqdm
-
     sweep = load_sweep(sweep_path, overrides)
     cells = make_cells(sweep, data)
     if not cells[0].config["data"].get("path"):
@@ -196,17 +200,25 @@ def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.yaml", yaml.safe_dump(_plain_sweep(sweep), sort_keys=False))
+    rows = run_cells(cells, out, sweep, quiet=quiet)
+    return write_results(out, rows, sweep, cells)
+
+
+def run_cells(cells: Sequence[Cell], out: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> list[dict]:
+    """Run every cell not yet finished under ``out/cells``; return all rows in cell order."""
+    from tqdm.auto import tqdm
+
     rows = []
     bar = tqdm(cells, desc="sweep", unit="cell", disable=quiet)
     for cell in bar:
-        cell_dir = out / "cells" / cell.name
+        cell_dir = Path(out) / "cells" / cell.name
         done = cell_dir / "cell.json"
         bar.set_postfix_str(cell.name)
         if done.exists():
             rows.append(json.loads(done.read_text()))
             continue
         rows.append(run_cell(cell, cell_dir, sweep, quiet=quiet))
-    return write_results(out, rows, sweep, cells)
+    return rows
 
 
 def _plain_sweep(sweep: Mapping) -> dict:

@@ -404,6 +404,10 @@ def _fit(trainer: L.Trainer, module: JNetModule, datamodule: Any, ckpt: Optional
         with warnings.catch_warnings():
             # Resuming writes into a checkpoint directory that is not empty, by design.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            # Small caches have fewer batches than the logging interval; the epoch loss is logged anyway.
+            warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
+            # Emitted inside Lightning itself on recent torch; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None,
                         weights_only=True)
     except SystemExit:

@@ -325,14 +325,9 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> Load
             f"(X, Y, Z, channels)"
         )
     names = _msd_channel_names(path, image.shape[0])
-    if channels is not None and len(channels) != image.shape[0]:
-        # A NIfTI does not name its channels; an MSD file does through its dataset.json.
-        if not names:
-            raise ConfigError(
-                f"channels: {path} has {image.shape[0]} unnamed channel(s) and the model needs "
-                f"{len(channels)} ({', '.join(channels)}); put it in its MSD folder (with "
-                f"dataset.json) or save the channels the model needs"
-            )
+    if channels is not None and names and len(channels) != image.shape[0]:
+        # A NIfTI does not name its channels; an MSD file does through its dataset.json. Without
+        # names the caller's channel-count check reports the mismatch.
         keep = select_channels(names, channels)
         image, names = image[keep], tuple(names[i] for i in keep)
     report = Collector(collect=False)
