@@ -20,19 +20,19 @@ from jnet.errors import DataError
 from jnet.io import write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
-# input, AdamW + cosine), small enough for a CPU.
+# input, BCE + Dice at every scale against class imbalance, AdamW + cosine), small enough for a CPU.
 RECIPE = {
     "data": {"downsample": "area"},
     "model": {"base": "elunet", "variant": "clean", "width": 8, "norm": "batch", "head": "paper"},
-    "loss": {"lowres_target": "area", "mid_target": "area", "dice_weight": 0.0},
-    "train": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine",
+    "loss": {"lowres_target": "area", "mid_target": "area", "dice_weight": 1.0},
+    "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine",
               "warmup": 1, "batch_size": 16, "num_workers": 0, "precision": "32",
               "augment": "flip"},
 }
 
 PRESETS = {
     # cases, volume slices, cache size S, input sizes, reference base size, epochs
-    "full": {"cases": 24, "slices": 16, "size": 128, "sizes": [16, 32], "hr_size": 64, "epochs": 60},
+    "full": {"cases": 40, "slices": 16, "size": 128, "sizes": [16, 32], "hr_size": 64, "epochs": 30},
     "quick": {"cases": 12, "slices": 12, "size": 64, "sizes": [16, 32], "hr_size": 64, "epochs": 10},
 }
 

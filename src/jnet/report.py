@@ -229,12 +229,19 @@ def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str
         b = by_key[(reference, size)]
         gain = (a["jaccard"] - b["jaccard"]) * 100
         spread = math.hypot(a["jaccard_std"], b["jaccard_std"]) * 100
-        verdict = "within the seed spread" if abs(gain) <= spread else ("better" if gain > 0 else "worse")
+        if a["n_seeds"] > 1 and b["n_seeds"] > 1:
+            verdict_spread = f"seed spread ±{spread:.1f}: "
+        else:
+            verdict_spread = ""
+        if min(a["n_seeds"], b["n_seeds"]) < 2:
+            verdict = "one seed: no spread measured, treat as indicative"
+        else:
+            verdict = verdict_spread + ("within the seed spread" if abs(gain) <= spread else ("better" if gain > 0 else "worse"))
         speed = ""
         if math.isfinite(a["images_per_s"]) and math.isfinite(b["images_per_s"]) and b["images_per_s"] > 0:
             speed = f"; speed {a['images_per_s'] / b['images_per_s']:.2f}x of {reference}"
         lines.append(
             f"- {size}² input: {model} {a['jaccard'] * 100:.1f}% vs {reference} {b['jaccard'] * 100:.1f}% "
-            f"Jaccard ({gain:+.1f} points, seed spread ±{spread:.1f}: {verdict}){speed}."
+            f"Jaccard ({gain:+.1f} points; {verdict}){speed}."
         )
     return lines

@@ -262,9 +262,15 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
     split = sweep.get("evaluate", {}).get("split", "test")
     dataset = SliceDataset(config["data"]["path"], split, fold=config["data"].get("fold", 0), in_size=size,
                            downsample=config["data"].get("downsample", "area"))
-    labels = np.stack([np.asarray(dataset[i][1]) for i in range(len(dataset))])
-    # The slices with the most foreground show the boundary detail best.
-    rows = np.argsort([-(lab > 0).sum() for lab in labels])[:n]
+    # The slice with the most foreground of each of the first n cases shows the boundary detail best.
+    best: dict[str, tuple[int, int]] = {}
+    for i in range(len(dataset)):
+        _, label, meta = dataset[i]
+        area = int((np.asarray(label) > 0).sum())
+        case = meta.get("case_id", str(i))
+        if area > best.get(case, (-1, 0))[0]:
+            best[case] = (area, i)
+    rows = [i for _, i in sorted(best.values(), reverse=True)[:n]]
     samples = []
     for i in rows:
         lr, hr, meta = dataset[int(i)]
