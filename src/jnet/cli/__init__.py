@@ -17,6 +17,11 @@ from jnet import __version__
 COMMAND_MODULES = ("data", "train", "evaluate", "deploy", "sweep")
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type for ``A,B,C`` options: the non-empty, stripped items."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jnet",

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+from jnet.cli import comma_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _source_options(p)
     p.add_argument("--task", choices=("binary", "multiclass", "regions"), default="binary",
                    help="what the model predicts (default binary: all labels > 0)")
-    p.add_argument("--structures", type=_names, default=None, metavar="A,B",
+    p.add_argument("--structures", type=comma_list, default=None, metavar="A,B",
                    help="label or region names to keep (e.g. PZ or WT,TC,ET)")
-    p.add_argument("--channels", type=_names, default=None, metavar="T2,ADC",
+    p.add_argument("--channels", type=comma_list, default=None, metavar="T2,ADC",
                    help="channel names to keep, in this order (default: all)")
     p.add_argument("--size", type=int, default=256, metavar="S", help="HR slice size (default 256)")
     p.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="validation share of patients")

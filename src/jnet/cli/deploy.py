@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jnet.cli import comma_list
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -13,10 +15,6 @@ def _ints(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, found {text!r}")
     return values
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "baseline32, base256 (random weights; optional ':field=value,...').")
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--batch", type=_ints, default=[1, 16], metavar="1,16", help="batch sizes")
-    p.add_argument("--backend", type=_names, default=["torch", "onnxruntime"],
+    p.add_argument("--backend", type=comma_list, default=["torch", "onnxruntime"],
                    metavar="torch,onnxruntime,int8",
                    help="backends: torch (eager), torch-folded, onnxruntime (FP32), int8")
     p.add_argument("--sizes", type=_ints, default=None, metavar="16,32",
