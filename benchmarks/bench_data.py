@@ -112,7 +112,7 @@ def bench_readers(cache: Path, work: Path, sizes: list[int], batch: int, images:
     import torch
     from torch.utils.data import DataLoader
 
-    from jnet.data.datamodule import SliceDataset, make_loader
+    from jnet.cache.reader import SliceDataset, make_loader
 
     pairs = write_pngs(cache, work / "png", 512)
     print(f"\nreader throughput (train split, flips, {torch.get_num_threads()} threads, "
@@ -137,8 +137,8 @@ def prepare_in_subprocess(src: Path, out: Path, size: int, workers: int) -> tupl
     the pages shared with the main process when the worker was started))."""
     code = (
         "import json, resource, sys, time\n"
-        "from jnet.data.prepare import prepare_dataset\n"
-        "import jnet.data.formats, jnet.data.preprocess, jnet.data.splits, jnet.tasks, tqdm.auto  # not timed\n"
+        "from jnet.cache.build import prepare_dataset\n"
+        "import jnet.sources.registry, jnet.transforms.slicing, jnet.cache.splits, jnet.transforms.tasks, tqdm.auto  # not timed\n"
         "t = time.perf_counter()\n"
         f"out = prepare_dataset({str(src)!r}, {str(out)!r}, size={size}, workers={workers}, progress=False)\n"
         "dt = time.perf_counter() - t\n"
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from jnet.data.prepare import prepare_dataset
+    from jnet.cache.build import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="jnet-bench-data-") as tmp:
         work = Path(tmp)

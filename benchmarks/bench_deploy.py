@@ -39,11 +39,11 @@ def synthetic_volume(path: Path, shape=(320, 320, 20), channels: int = 1) -> Pat
 
 
 def measure(plan, reps, warmup, threads, volume, calib=None):
-    """Rows in the format of ``jnet.bench.run_bench`` for ``plan``: a list of ``(spec, backends,
+    """Rows in the format of ``jnet.experiments.bench.run_bench`` for ``plan``: a list of ``(spec, backends,
     batch sizes, end-to-end repetitions)``; all model-only timings interleaved (side by side)."""
     import torch
 
-    from jnet.bench import (bench_end_to_end, bench_interleaved, count_model, load_subject,
+    from jnet.experiments.bench import (bench_end_to_end, bench_interleaved, count_model, load_subject,
                             make_predictor, volume_channels)
 
     rows, skipped, runs, predictors = [], [], {}, {}
@@ -77,7 +77,7 @@ def measure(plan, reps, warmup, threads, volume, calib=None):
 
 def int8_accuracy(run: str, data: str) -> dict:
     """Export FP32 parity + INT8 with the gate forced open, to report both Jaccards."""
-    from jnet.export import export_onnx
+    from jnet.deploy.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         result = export_onnx(run, Path(tmp) / "int8.onnx", int8=True, calib=data, force=True)
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from jnet.bench import environment, load_subject, markdown
-    from jnet.io import write_json, write_text
+    from jnet.experiments.bench import environment, load_subject, markdown
+    from jnet.utils.atomic import write_json, write_text
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from jnet.models import build_model, fold_head
-from jnet.profile import count_macs, count_parameters
+from jnet.experiments.profiling import count_macs, count_parameters
 
 
 def out_size_for(s: int) -> int:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"faithful width {args.width}; ratio = J-Net img/s / base img/s\n\n")
     print(header + table)
     if args.out:
-        from jnet.io import write_text
+        from jnet.utils.atomic import write_text
 
         write_text(args.out, header + table + "\n")
     return 0

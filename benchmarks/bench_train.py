@@ -3,7 +3,7 @@
 Both train the same model (J-Net, faithful ELU-Net width 16, paper head, s -> 256) with the
 same loss (BCE at every scale) and Adam, on the same synthetic prostate slices:
 
-- **jnet**: ``jnet.training.JNetModule`` + ``PreparedDataModule`` (memory-mapped slice cache,
+- **jnet**: ``jnet.training.module.JNetModule`` + ``PreparedDataModule`` (memory-mapped slice cache,
   whole-batch reads, flips and the low-resolution simulation on batched tensors) run by a
   Lightning ``Trainer``, batch 16. The clock runs from the start of batch ``warmup`` to the end of
   the last batch: everything the real loop does per batch (loading, forward, backward, optimizer
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 def make_data(tmp: Path, cases: int, size: int) -> Path:
     """A prepared synthetic prostate cache (binary whole gland from T2) at ``size``."""
-    from jnet.data.prepare import prepare_dataset
-    from jnet.data.synth import synthesize
+    from jnet.cache.build import prepare_dataset
+    from jnet.synth.generate import synthesize
 
     src = synthesize(tmp / "src", kind="prostate", cases=cases, seed=0, progress=False)
     return prepare_dataset(src, tmp / "cache", task="binary", channels=["T2"], size=size,
@@ -70,8 +70,9 @@ class _Clock(L.Callback):
 def bench_jnet(cache: Path, in_size: int, width: int, batch: int, steps: int, warmup: int,
                workers: int) -> float:
     """Images/s of ``JNetModule`` trained by a Lightning Trainer on the prepared cache."""
-    from jnet.config import config_from_dict
-    from jnet.training import JNetModule, read_prepared, resolve_config, _datamodule
+    from jnet.training.config import config_from_dict
+    from jnet.training.module import JNetModule
+    from jnet.training.run import _datamodule, read_prepared, resolve_config
 
     size = int(json.loads((cache / "prepared.json").read_text())["size"])
     raw = {"data": {"path": str(cache), "downsample": "area"},

@@ -10,10 +10,12 @@ Treat them as read-only (copy them with ``shutil.copytree`` to modify): several 
   ``prostate_0N_00K.png`` and whole-prostate masks stored as 0/255 (load with label_map {0: 0, 255: 1}).
 
 Helpers for tests that build their own small datasets: ``save_nifti``, ``write_msd_task`` (also as
-the ``msd_writer`` fixture) and ``tiny_case``.
+the ``msd_writer`` fixture) and ``tiny_case``; a hand-written slice cache (``write_cache``, ``TASKS``)
+and a config that trains in seconds (``tiny``).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def prostate_dir(tmp_path_factory) -> Path:
-    from jnet.data.synth import synthesize
+    from jnet.synth.generate import synthesize
 
     root = tmp_path_factory.mktemp("synth") / "Task05_Prostate"
     return synthesize(root, "prostate", cases=3, seed=0, size=64, slices=6, progress=False)
@@ -30,7 +32,7 @@ def prostate_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def brats_dir(tmp_path_factory) -> Path:
-    from jnet.data.synth import synthesize
+    from jnet.synth.generate import synthesize
 
     root = tmp_path_factory.mktemp("synth") / "BraTS2021"
     return synthesize(root, "brats", cases=3, seed=0, size=64, slices=6, progress=False)
@@ -40,7 +42,7 @@ def brats_dir(tmp_path_factory) -> Path:
 def png_dir(tmp_path_factory, prostate_dir) -> Path:
     from PIL import Image
 
-    from jnet.data.formats import discover, load_case
+    from jnet.sources.registry import discover, load_case
 
     root = tmp_path_factory.mktemp("png") / "prostate_png"
     source = discover(prostate_dir)
@@ -104,3 +106,60 @@ def tiny_case(seed: int = 0, shape=(8, 8, 3), channels: int = 1) -> tuple[np.nda
     label[2:5, 2:5] = 1
     label[3:4, 3:4] = 2
     return image, label
+
+
+TASKS = {
+    "binary": {"kind": "binary", "names": ["prostate"], "classes": 1, "labels": {"prostate": [1, 2]}},
+    "multiclass": {"kind": "multiclass", "names": ["background", "PZ", "TZ"], "classes": 3,
+                   "labels": {"background": [0], "PZ": [1], "TZ": [2]}},
+    "regions": {"kind": "regions", "names": ["WT", "TC", "ET"], "classes": 3,
+                "labels": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}},
+}
+
+
+def write_cache(root: Path, kind: str = "binary", channels=("T2",), size: int = 64, cases: int = 4,
+                slices: int = 4, seed: int = 0) -> Path:
+    """A slice cache (docs/design.md schema): a bright disk per slice, nested disks for the inner
+    structures; the last case is the validation fold, there is no test case."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    n = cases * slices
+    yy, xx = np.mgrid[:size, :size] / size
+    images = np.zeros((n, len(channels), size, size), np.float16)
+    labels = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(0.35, 0.65, 2)
+        d = np.hypot(yy - cy, xx - cx) / rng.uniform(0.15, 0.3)
+        if kind == "binary":
+            labels[i] = d < 1
+        elif kind == "multiclass":
+            labels[i] = np.where(d < 0.5, 2, np.where(d < 1, 1, 0))
+        else:  # region bitmask: WT | TC | ET
+            labels[i] = (d < 1) * 1 + (d < 0.5) * 2 + (d < 0.25) * 4
+        for c in range(len(channels)):
+            images[i, c] = (d < 1) * (1.0 + 0.5 * c) + (d < 0.5) * 0.7 + rng.normal(0, 0.3, (size, size))
+    np.save(root / "images.npy", images)
+    np.save(root / "labels.npy", labels)
+    ids = [f"case_{k:02d}" for k in range(cases)]
+    meta = {"format_version": 1, "jnet_version": "0.1.0", "layout": "msd", "source": "/synthetic",
+            "edition": None, "task": TASKS[kind], "channels": list(channels), "size": size,
+            "dtype": "float16", "normalisation": {"method": "zscore-nonzero"}, "keep_empty": True,
+            "n_slices": n,
+            "cases": [{"case_id": c, "start": k * slices, "count": slices,
+                       "slice_indices": list(range(slices)), "axis": 2, "spacing": [1.0, 1.0, 3.0],
+                       "native_spacing": [1.0, 1.0, 3.0], "original_shape": [size, size, slices],
+                       "affine": np.eye(4).tolist()} for k, c in enumerate(ids)]}
+    splits = {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.0, "test": [],
+              "folds": [{"train": ids[:-1], "val": ids[-1:]}]}
+    (root / "splits.json").write_text(json.dumps(splits, indent=2, sort_keys=True))
+    (root / "prepared.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return root
+
+
+def tiny(cache: Path, model: dict | None = None, **train) -> dict:
+    """A raw config that trains in seconds: 3 batches of 4 per epoch, width 4, 16 -> 64."""
+    return {"data": {"path": str(cache)},
+            "model": {"width": 4, "in_size": 16, **(model or {})},
+            "loss": {},
+            "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "lr": 3e-3, "log_every": 1,
+                      "optimizer": "adamw", "scheduler": "cosine", "warmup": 0.5, **train}}

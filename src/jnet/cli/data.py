@@ -79,7 +79,7 @@ def _source_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from jnet.data.synth import synthesize
+    from jnet.synth.generate import synthesize
 
     out = synthesize(args.out, args.kind, cases=args.cases, seed=args.seed, size=args.size,
                      slices=args.slices, overwrite=args.overwrite, workers=args.workers,
@@ -89,8 +89,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from jnet.data.check import check_dataset, summary
-    from jnet.data.formats import parse_label_map
+    from jnet.sources.check import check_dataset, summary
+    from jnet.sources.labels import parse_label_map
 
     problems = check_dataset(args.src, args.format, parse_label_map(args.label_map),
                              case_pattern=args.case_pattern, progress=not args.quiet)
@@ -101,8 +101,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from jnet.data.formats import parse_label_map
-    from jnet.data.prepare import prepare_dataset
+    from jnet.sources.labels import parse_label_map
+    from jnet.cache.build import prepare_dataset
 
     out = prepare_dataset(
         args.src, args.out, format=args.format, task=args.task, structures=args.structures,

@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jnet.export import export_onnx, export_torchscript
+    from jnet.deploy.export import export_onnx, export_torchscript
 
     result = export_onnx(args.source, args.out, opset=args.opset, int8=args.int8, calib=args.calib,
                          calib_fold=args.fold, force=args.force, overwrite=args.overwrite,
@@ -112,7 +112,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from jnet.errors import ConfigError
-    from jnet.predict import predict_paths
+    from jnet.deploy.predict import predict_paths
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
@@ -126,8 +126,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from jnet.bench import markdown, run_bench as bench
-    from jnet.io import write_json, write_text
+    from jnet.experiments.bench import markdown, run_bench as bench
+    from jnet.utils.atomic import write_json, write_text
 
     result = bench(args.models, backends=args.backend, batches=args.batch, sizes=args.sizes,
                    volume=args.volume, reps=args.reps, warmup=args.warmup, threads=args.threads,

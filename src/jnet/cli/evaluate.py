@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then print a Markdown summary table and where the files are."""
     from jnet.errors import ConfigError
-    from jnet.evaluate import evaluate_path, summary_table
+    from jnet.evaluation.evaluate import evaluate_path, summary_table
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")

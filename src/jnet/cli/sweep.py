@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from jnet.sweep import run_sweep
+    from jnet.experiments.sweep import run_sweep
 
     report = run_sweep(args.config, args.out, data=args.data, overrides=args.overrides, quiet=args.quiet)
     print(f"report: {report}")
@@ -37,7 +37,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from jnet.demo import run_demo
+    from jnet.experiments.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick, overwrite=args.overwrite, quiet=args.quiet)
     print(f"\nreport: {report}")

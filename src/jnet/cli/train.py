@@ -31,10 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jnet.config import load_config
+    from jnet.training.config import load_config
     from jnet.errors import ConfigError
-    from jnet.rundir import best_of, resume_config
-    from jnet.training import is_rank_zero, train
+    from jnet.training.rundir import best_of, resume_config
+    from jnet.training.run import is_rank_zero, train
 
     if args.config is not None:
         config = load_config(args.config, args.overrides)

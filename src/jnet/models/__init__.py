@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from jnet.models.bases import BASES, ELUNet, MonaiBase
 from jnet.models.fold import FoldedHead, fold_head
-from jnet.models.head import ChainHead, PaperHead
+from jnet.models.heads import ChainHead, PaperHead
 from jnet.models.jnet import DEFAULTS, Baseline, JNet, build_model, resolve_config
 
 __all__ = ["BASES", "DEFAULTS", "Baseline", "ChainHead", "ELUNet", "FoldedHead", "JNet",

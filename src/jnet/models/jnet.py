@@ -16,7 +16,7 @@ from torch import nn
 from jnet.errors import ConfigError
 from jnet.models.bases import BASES, DEFAULT_VARIANT, VARIANTS
 from jnet.models.blocks import NORMS, tracing, upsample_bilinear
-from jnet.models.head import HEADS, MAX_STAGES, build_head
+from jnet.models.heads import HEADS, MAX_STAGES, build_head
 
 ARCHS = ("jnet", "baseline", "base")
 TRAIN_AT = ("input", "output")
@@ -56,7 +56,7 @@ class JNet(nn.Module):
         in_size: s, the input size.
         out_size: S = s * 2**K with K in 1..5.
         classes: logit channels C.
-        head: ``paper`` | ``chain`` (see :mod:`jnet.models.head`) or a head module returning the
+        head: ``paper`` | ``chain`` (see :mod:`jnet.models.heads`) or a head module returning the
             list of outputs low -> high.
         head_skips: the head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
@@ -279,7 +279,7 @@ def build_model(**config: Any) -> nn.Module:
     return model
 
 
-# The fields as keyword-only parameters, so that callers (jnet.config) can list and check them.
+# The fields as keyword-only parameters, so that callers (jnet.training.config) can list and check them.
 build_model.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in DEFAULTS.items()],
     return_annotation=nn.Module)

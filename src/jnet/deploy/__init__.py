@@ -1,0 +1,3 @@
+"""Deployment: export (ONNX, TorchScript, INT8), the runtime ``Predictor`` and its model metadata,
+and ``predict`` for files and folders.
+"""

@@ -1,0 +1,352 @@
+"""Export a trained model to ONNX (optionally INT8) or TorchScript, checked against PyTorch.
+
+The exported graph is the model's eval contract: input ``image (B, C, s, s)`` float32 with a
+dynamic batch and a fixed spatial size, output ``logits (B, classes, S, S)``. The J-Net head is
+folded (``jnet.models.fold.fold_head``) when possible: exact and much faster. Padding is explicit
+(no ``auto_pad``; older TensorRT releases mishandle it), the opset is pinned, and the jnet metadata
+(sizes, channels, task, normalisation, input simulation, config, version) is stored in the file.
+Nothing is written unless ONNX Runtime reproduces PyTorch (rtol 1e-3, atol 1e-4).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jnet.errors import ConfigError, ExportError, JnetError
+from jnet.utils.atomic import atomic_path
+from jnet.deploy.runtime import INPUT_NAME, OUTPUT_NAME, ModelMeta, make_session
+
+log = logging.getLogger(__name__)
+
+RTOL, ATOL = 1e-3, 1e-4
+PARITY_BATCHES = (1, 4)
+# Opsets torch's exporter and ONNX Runtime both handle; 13 is the last one TensorRT 8.2
+# (JetPack 4.6, Jetson Nano) supports in full.
+MIN_OPSET, MAX_OPSET = 13, 20
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how it was checked."""
+
+    path: Path
+    meta: ModelMeta
+    parity: dict[str, float] = field(default_factory=dict)  # check name -> max abs difference
+    gate: dict[str, Any] | None = None  # INT8 accuracy gate (quantize.GateResult as a dict)
+
+
+def load_source(source: Any, trust_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
+    """``(model, info)`` from a run dir / checkpoint path, or a ``(model, info)`` pair as is."""
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        model, info = source
+    else:
+        from jnet.training.checkpoint import load_model
+
+        model, info = load_model(source, trust_pickle=trust_pickle)
+    return model.eval(), info
+
+
+def inference_module(model: torch.nn.Module, fold: bool = True) -> tuple[torch.nn.Module, str]:
+    """The module to export and how its head is computed (``folded`` or ``module``).
+
+    Folding is an exact rewrite of an affine head; models it does not apply to (baselines,
+    heads with a nonlinearity) are exported as they are.
+    """
+    from jnet.models.fold import fold_head
+
+    if not fold:
+        return model, "module"
+    try:
+        folded = fold_head(model)
+    except JnetError as e:  # no learned head, or one with a nonlinearity
+        log.info("head not folded (%s); exporting the model as it is", e)
+        return model, "module"
+    return folded.eval(), "folded"
+
+
+class _PixelShuffleUp(torch.nn.Module):
+    """``ConvTranspose2d(kernel 2, stride 2)`` as ``Conv1x1(c_in -> 4 c_out)`` + ``PixelShuffle(2)``
+    (ONNX DepthToSpace, CRD): exact, since each input pixel feeds its own 2x2 output block."""
+
+    def __init__(self, up: torch.nn.ConvTranspose2d) -> None:
+        super().__init__()
+        c_in, c_out = up.in_channels, up.out_channels
+        self.conv = torch.nn.Conv2d(c_in, 4 * c_out, 1, bias=up.bias is not None)
+        with torch.no_grad():  # weight (c_in, c_out, i, j) -> output channel c_out*4 + 2i + j
+            self.conv.weight.copy_(up.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in, 1, 1))
+            if up.bias is not None:
+                self.conv.bias.copy_(up.bias.repeat_interleave(4))
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def convtranspose_as_conv(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every 2x2 stride-2 transposed convolution rewritten exactly as a
+    1x1 convolution + pixel shuffle. ONNX Runtime has INT8 kernels for the convolution but none
+    for ConvTranspose, so the INT8 export uses this layout (see quantize.QUANTIZED_OPS)."""
+    module = copy.deepcopy(module).eval()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (isinstance(child, torch.nn.ConvTranspose2d) and child.kernel_size == (2, 2)
+                    and child.stride == (2, 2) and child.padding == (0, 0)
+                    and child.output_padding == (0, 0) and child.dilation == (1, 1)
+                    and child.groups == 1):
+                setattr(parent, name, _PixelShuffleUp(child))
+    return module
+
+
+def export_graph(model: torch.nn.Module, module: torch.nn.Module, meta: ModelMeta, *,
+                 opset: int = 17, real: np.ndarray | None = None, seed: int = 0,
+                 int8_layout: bool = False) -> tuple[bytes, dict[str, float]]:
+    """The ONNX graph of ``module`` and its parity with ``model`` (raises ExportError on failure).
+
+    ``int8_layout`` rewrites transposed convolutions first (:func:`convtranspose_as_conv`).
+    """
+    if int8_layout:
+        module = convtranspose_as_conv(module)
+    graph = onnx_bytes(module, meta.in_channels, meta.in_size, opset)
+    return graph, check_parity(model, graph, parity_inputs(meta, real, seed))
+
+
+def onnx_bytes(module: torch.nn.Module, in_channels: int, in_size: int, opset: int = 17) -> bytes:
+    """Trace ``module`` to an ONNX graph with a dynamic batch, explicit padding and pinned opset.
+
+    Shape: input ``image (B, C, s, s)``, output ``logits (B, classes, S, S)``.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset: expected {MIN_OPSET}..{MAX_OPSET}, found {opset}")
+    example = torch.zeros(2, in_channels, in_size, in_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript (not a jnet dependency); the graphs it makes are what we check below.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _EvalOutput(module), (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    import onnx
+
+    proto = onnx.load_from_string(buffer.getvalue())
+    explicit_padding(proto)
+    return proto.SerializeToString()
+
+
+class _EvalOutput(torch.nn.Module):
+    """The eval contract as a graph: the final logits only."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        # Created in eval mode: exporters restore the wrapper's mode afterwards, recursively,
+        # and a wrapper left in training mode would switch BatchNorm to batch statistics.
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+def explicit_padding(proto: Any) -> None:
+    """Replace ``auto_pad=SAME_*`` on stride-1 convolutions by explicit ``pads`` (in place)."""
+    from onnx import helper
+
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MaxPool", "AveragePool"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("SAME_UPPER", "SAME_LOWER"):
+            continue
+        kernel = list(attrs["kernel_shape"])
+        strides = list(attrs.get("strides", [1] * len(kernel)))
+        dilations = list(attrs.get("dilations", [1] * len(kernel)))
+        if any(s != 1 for s in strides):
+            raise ExportError(f"node {node.name}: auto_pad {mode} with strides {strides} cannot be "
+                              f"made explicit; use integer padding in the model")
+        total = [d * (k - 1) for k, d in zip(kernel, dilations)]
+        small = [t // 2 for t in total]
+        begin = small if mode == "SAME_UPPER" else [t - s for t, s in zip(total, small)]
+        end = [t - b for t, b in zip(total, begin)]
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute("pads", begin + end)])
+
+
+def add_metadata(model_bytes: bytes, meta: ModelMeta) -> bytes:
+    """Store ``meta`` as ONNX ``metadata_props`` (JSON strings), replacing older jnet keys."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    props = meta.to_props()
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in sorted(props.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.doc_string = "jnet", "jnet segmentation model; see metadata_props"
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMeta:
+    """The jnet metadata of an exported ``.onnx`` file. Raises ExportError if it has none."""
+    import onnx
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, OSError ...
+        raise ExportError(f"{path}: not an ONNX file ({e})") from e
+    props = {p.key: p.value for p in proto.metadata_props}
+    return ModelMeta.from_props(props, source=str(path))
+
+
+def check_parity(model: torch.nn.Module, model_bytes: bytes, inputs: dict[str, np.ndarray],
+                 rtol: float = RTOL, atol: float = ATOL) -> dict[str, float]:
+    """Compare ONNX Runtime (CPU) with PyTorch on each named input batch.
+
+    Returns the max absolute difference per input; raises ExportError at the first batch outside
+    ``|onnx - torch| <= atol + rtol * |torch|``.
+    """
+    session = make_session(model_bytes, source="exported graph")
+    diffs = {}
+    for name, x in inputs.items():
+        with torch.no_grad():
+            ref = _EvalOutput(model)(torch.from_numpy(x)).float().numpy()
+        got = session.run(None, {INPUT_NAME: x})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"parity ({name}): ONNX output shape {got.shape}, PyTorch {ref.shape}")
+        diff = float(np.max(np.abs(got - ref)))
+        diffs[name] = diff
+        if not np.allclose(got, ref, rtol=rtol, atol=atol):
+            raise ExportError(f"parity ({name}): ONNX Runtime differs from PyTorch by up to {diff:.3g} "
+                              f"(allowed atol {atol} + rtol {rtol} x |value|); nothing written")
+    return diffs
+
+
+def parity_inputs(meta: ModelMeta, real: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random (and, if given, real) input batches of sizes 1 and 4. Shape: ``(B, C, s, s)``."""
+    rng = np.random.default_rng(seed)
+    shape = (meta.in_channels, meta.in_size, meta.in_size)
+    inputs = {f"random, batch {b}": rng.standard_normal((b, *shape)).astype(np.float32)
+              for b in PARITY_BATCHES}
+    if real is not None and len(real):
+        for b in PARITY_BATCHES:
+            rows = np.resize(np.arange(len(real)), b)  # repeat rows if fewer than b
+            inputs[f"real, batch {b}"] = np.ascontiguousarray(real[rows], dtype=np.float32)
+    return inputs
+
+
+def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: bool = False,
+                calib: str | os.PathLike | None = None, calib_fold: int = 0, force: bool = False,
+                overwrite: bool = False, trust_pickle: bool = False, fold_head: bool = True,
+                int8_symmetric: bool = False, seed: int = 0) -> ExportResult:
+    """Export a model to ONNX after checking parity with PyTorch; write ``out`` atomically.
+
+    Args:
+        source: run dir or checkpoint path, or a ``(model, info)`` pair.
+        out: the ``.onnx`` file to write (refused if it exists, unless ``overwrite``).
+        opset: ONNX opset (pinned in the file).
+        int8: write an INT8 (QDQ) model calibrated on ``calib``, behind the accuracy gate.
+        calib: a prepared slice cache; its slices are also used as real parity inputs.
+        calib_fold: cross-validation fold of ``calib`` whose train rows calibrate and val rows gate.
+        force: write the INT8 model even if it fails the accuracy gate.
+        overwrite: replace an existing ``out``.
+        trust_pickle: load an old pickled checkpoint (runs code from the file).
+        fold_head: export the folded J-Net head (exact) when the model has one.
+        int8_symmetric: symmetric INT8 (zero points 0), the only kind TensorRT reads.
+        seed: seed of the random parity inputs.
+    Returns:
+        An ExportResult (path, metadata, parity differences, gate numbers).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: exists; pass --overwrite to replace it")
+    if int8 and calib is None:
+        raise ExportError("--int8: needs calibration data; pass --calib PREPARED_DIR (a slice cache "
+                          "made by `jnet data prepare`)")
+    model, info = load_source(source, trust_pickle)
+    module, head = inference_module(model, fold_head)
+    meta = ModelMeta.from_model(model, info, head=head, opset=opset)
+
+    data = None
+    if calib is not None:
+        from jnet.deploy.quantize import PreparedSlices
+
+        data = PreparedSlices(calib, meta, fold=calib_fold)
+    real = data.calibration_inputs(limit=4) if data is not None else None
+    graph, parity = export_graph(model, module, meta, opset=opset, real=real, seed=seed,
+                                 int8_layout=int8)
+    gate = None
+    if int8:
+        from jnet.deploy.quantize import quantize_model
+
+        graph, gate = quantize_model(graph, data, meta, force=force, symmetric=int8_symmetric)
+        meta = _with(meta, precision="int8", extra={**meta.extra, "int8_gate": gate.as_dict(),
+                                                     "int8_symmetric": int8_symmetric})
+    graph = add_metadata(graph, meta)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(graph)
+    return ExportResult(out, meta, parity, gate.as_dict() if gate else None)
+
+
+def export_torchscript(source: Any, out: str | os.PathLike, *, overwrite: bool = False,
+                       trust_pickle: bool = False, fold_head: bool = True,
+                       seed: int = 0) -> ExportResult:
+    """Trace the inference module with ``torch.jit.trace`` and save it with the metadata.
+
+    The metadata is stored as the extra file ``jnet.json`` (``torch.jit.load(path,
+    _extra_files={"jnet.json": ""})``). Parity with the eager model is checked before writing.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: exists; pass --overwrite to replace it")
+    model, info = load_source(source, trust_pickle)
+    module, head = inference_module(model, fold_head)
+    meta = ModelMeta.from_model(model, info, head=head)
+    inputs = parity_inputs(meta, None, seed)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; the traced file still loads
+        traced = torch.jit.trace(_EvalOutput(module), (torch.from_numpy(inputs["random, batch 4"]),))
+    parity = {}
+    for name, x in inputs.items():
+        with torch.no_grad():
+            ref = _EvalOutput(model)(torch.from_numpy(x)).numpy()
+            got = traced(torch.from_numpy(x)).numpy()
+        parity[name] = float(np.max(np.abs(got - ref)))
+        if not np.allclose(got, ref, rtol=RTOL, atol=ATOL):
+            raise ExportError(f"parity ({name}): TorchScript differs from eager by up to "
+                              f"{parity[name]:.3g}; nothing written")
+    extra = {"jnet.json": json.dumps(meta.to_props(), sort_keys=True)}
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
+    return ExportResult(out, meta, parity)
+
+
+def _with(meta: ModelMeta, **changes: Any) -> ModelMeta:
+    from dataclasses import replace
+
+    return replace(meta, **changes)
+
+
+__all__ = ["ExportResult", "export_onnx", "export_torchscript", "read_metadata", "onnx_bytes",
+           "export_graph", "check_parity", "add_metadata", "inference_module", "load_source",
+           "convtranspose_as_conv"]

@@ -1,0 +1,1 @@
+"""Evaluation: the metrics, evaluating a model on a cache or a folder, and the overlays."""

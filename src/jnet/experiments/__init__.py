@@ -1,0 +1,1 @@
+"""Experiments: benchmarks, complexity profiling, sweeps and their report, and the demo."""

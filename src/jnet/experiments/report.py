@@ -1,0 +1,247 @@
+"""Sweep results as tables and plots: one row per cell in, Markdown/CSV tables and PNG figures out.
+
+A *cell* is one (model, input size, seed) of a sweep; its row is a flat dict of measured numbers
+(see :data:`ROW_FIELDS`). Rows are grouped over seeds into mean +- std.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jnet.utils.atomic import atomic_path, write_text
+
+# Identity of a cell, then what is measured for it (quality, size, speed).
+KEY_FIELDS = ("model", "in_size", "out_size", "seed")
+METRIC_FIELDS = (
+    "jaccard", "dice", "hd95", "volume_jaccard",
+    "params", "macs", "images_per_s", "latency_p50_ms", "latency_p95_ms", "peak_mem_mb",
+    "onnx_images_per_s", "train_time_s",
+)
+ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample") + METRIC_FIELDS
+
+# How each metric is printed in the Markdown table: (header, format, scale).
+_COLUMNS = {
+    "jaccard": ("Jaccard %", "{:.1f}", 100.0),
+    "dice": ("Dice %", "{:.1f}", 100.0),
+    "hd95": ("HD95 mm", "{:.2f}", 1.0),
+    "volume_jaccard": ("vol. Jaccard %", "{:.1f}", 100.0),
+    "params": ("params", "{:,.0f}", 1.0),
+    "macs": ("MMACs", "{:.1f}", 1e-6),
+    "images_per_s": ("img/s torch b16", "{:.0f}", 1.0),
+    "latency_p50_ms": ("latency b1 ms", "{:.2f}", 1.0),
+    "peak_mem_mb": ("peak MB", "{:.0f}", 1.0),
+    "onnx_images_per_s": ("img/s ORT b16", "{:.0f}", 1.0),
+}
+# Columns whose spread over seeds is worth printing (the rest are deterministic or noisy timing).
+_WITH_STD = {"jaccard", "dice", "hd95", "volume_jaccard"}
+
+
+def _finite(values: Iterable) -> list[float]:
+    out = []
+    for v in values:
+        if v is None or v == "":
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Group rows by (model, in_size, out_size) and average over seeds.
+
+    Returns one dict per group with ``<metric>`` (mean), ``<metric>_std`` and ``n_seeds``, sorted by
+    model order of first appearance, then input size.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    order: dict[str, int] = {}
+    for row in rows:
+        order.setdefault(row["model"], len(order))
+        groups[(row["model"], int(row["in_size"]), int(row["out_size"]))].append(row)
+    out = []
+    for (model, in_size, out_size), members in groups.items():
+        agg = {"model": model, "in_size": in_size, "out_size": out_size, "n_seeds": len(members)}
+        for key in ("arch", "base", "downsample"):
+            agg[key] = members[0].get(key, "")
+        for field in METRIC_FIELDS:
+            values = _finite(m.get(field) for m in members)
+            agg[field] = float(np.mean(values)) if values else float("nan")
+            agg[f"{field}_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        out.append(agg)
+    out.sort(key=lambda a: (order[a["model"]], a["in_size"]))
+    return out
+
+
+def _cell(agg: dict, field: str) -> str:
+    _, fmt, scale = _COLUMNS[field]
+    value = agg.get(field, float("nan"))
+    if value is None or not math.isfinite(value):
+        return "–"
+    text = fmt.format(value * scale)
+    if field in _WITH_STD and agg.get("n_seeds", 1) > 1:
+        text += " ± " + fmt.format(agg.get(f"{field}_std", 0.0) * scale)
+    return text
+
+
+def markdown_table(aggregated: Sequence[dict], fields: Sequence[str] | None = None) -> str:
+    """A Markdown table (mean ± std over seeds) that pastes into a paper or an issue."""
+    fields = [f for f in (fields or _COLUMNS) if any(math.isfinite(a.get(f, float("nan"))) for a in aggregated)]
+    header = ["model", "input", "output", "seeds"] + [_COLUMNS[f][0] for f in fields]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for a in aggregated:
+        cells = [a["model"], f"{a['in_size']}²", f"{a['out_size']}²", str(a["n_seeds"])]
+        cells += [_cell(a, f) for f in fields]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict], path: str | Path) -> None:
+    """One line per cell, all :data:`ROW_FIELDS`, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(ROW_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in ROW_FIELDS})
+    write_text(path, buffer.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    fig.clf()
+
+
+def plot_quality_vs_size(aggregated: Sequence[dict], path: str | Path, metric: str = "jaccard") -> None:
+    """Line plot: mean metric (± std band) against input size, one line per model."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(a["model"] for a in aggregated):
+        pts = sorted((a["in_size"], a[metric] * 100, a[f"{metric}_std"] * 100) for a in aggregated if a["model"] == model)
+        x, y, s = (np.array(v) for v in zip(*pts))
+        ax.errorbar(x, y, yerr=s, marker="o", capsize=3, label=model)
+    ax.set_xscale("log", base=2)
+    sizes = sorted({a["in_size"] for a in aggregated})
+    ax.set_xticks(sizes, [f"{s}²" for s in sizes])
+    ax.set_xlabel("input resolution")
+    ax.set_ylabel(f"{_COLUMNS[metric][0]} at the output resolution")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Quality against input resolution")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (speed up, quality up), sorted by speed."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "images_per_s") -> None:
+    """Scatter of Jaccard against images/s (log x), the Pareto front drawn as a line."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    usable = [a for a in aggregated if math.isfinite(a.get(speed, float("nan"))) and math.isfinite(a["jaccard"])]
+    for model in dict.fromkeys(a["model"] for a in usable):
+        sel = [a for a in usable if a["model"] == model]
+        ax.scatter([a[speed] for a in sel], [a["jaccard"] * 100 for a in sel], label=model, s=30)
+        for a in sel:
+            ax.annotate(f"{a['in_size']}", (a[speed], a["jaccard"] * 100), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    if usable:
+        pts = [(a[speed], a["jaccard"] * 100) for a in usable]
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{_COLUMNS.get(speed, (speed,))[0]} (log scale)")
+    ax.set_ylabel("Jaccard % at the output resolution")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Quality against speed (labels: input size)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_samples(samples: Sequence[dict], columns: Sequence[str], path: str | Path) -> None:
+    """A grid of sample cases: one row per sample, one column per entry of ``columns``.
+
+    Each sample maps a column title to a 2D array (image or mask); masks are drawn in colour over
+    the row's ``"image"`` entry when present.
+    """
+    plt = _figure()
+    fig, axes = plt.subplots(len(samples), len(columns), figsize=(2.2 * len(columns), 2.2 * len(samples)),
+                             squeeze=False)
+    for r, sample in enumerate(samples):
+        for c, title in enumerate(columns):
+            ax = axes[r][c]
+            data = sample[title]
+            if data.dtype == bool or np.issubdtype(data.dtype, np.integer):
+                background = sample.get("image")
+                if background is not None:
+                    ax.imshow(background, cmap="gray", interpolation="nearest")
+                ax.imshow(np.ma.masked_where(data == 0, data), cmap="autumn", alpha=0.6,
+                          interpolation="nearest", vmin=0, vmax=max(1, int(data.max())))
+            else:
+                ax.imshow(data, cmap="gray", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        if "label" in sample:
+            axes[r][0].set_ylabel(sample["label"], fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str = "baseline") -> list[str]:
+    """One sentence per input size: the measured Jaccard gain of ``model`` over ``reference``."""
+    by_key = {(a["model"], a["in_size"]): a for a in aggregated}
+    lines = []
+    for (name, size), a in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+        if name != model or (reference, size) not in by_key:
+            continue
+        b = by_key[(reference, size)]
+        gain = (a["jaccard"] - b["jaccard"]) * 100
+        spread = math.hypot(a["jaccard_std"], b["jaccard_std"]) * 100
+        if a["n_seeds"] > 1 and b["n_seeds"] > 1:
+            verdict_spread = f"seed spread ±{spread:.1f}: "
+        else:
+            verdict_spread = ""
+        if min(a["n_seeds"], b["n_seeds"]) < 2:
+            verdict = "one seed: no spread measured, treat as indicative"
+        else:
+            verdict = verdict_spread + ("within the seed spread" if abs(gain) <= spread else ("better" if gain > 0 else "worse"))
+        speed = ""
+        if math.isfinite(a["images_per_s"]) and math.isfinite(b["images_per_s"]) and b["images_per_s"] > 0:
+            speed = f"; speed {a['images_per_s'] / b['images_per_s']:.2f}x of {reference}"
+        lines.append(
+            f"- {size}² input: {model} {a['jaccard'] * 100:.1f}% vs {reference} {b['jaccard'] * 100:.1f}% "
+            f"Jaccard ({gain:+.1f} points; {verdict}){speed}."
+        )
+    return lines

@@ -1,0 +1,330 @@
+"""`jnet sweep`: the paper's grid (models x input sizes x seeds) on one prepared dataset.
+
+Each cell trains, evaluates at the output resolution and benches (PyTorch eager and ONNX Runtime),
+then writes ``cells/<name>/cell.json``. A cell with ``cell.json`` is finished and skipped on a
+re-run; a cell interrupted mid-training resumes from its last checkpoint. At the end the rows are
+gathered into ``results.csv``, ``results.md``, plots and ``report.md`` (see :mod:`jnet.experiments.report`).
+
+Sweep config (YAML)::
+
+    recipe: ../paper/jnet16.yaml      # training config shared by every cell (a path relative to
+                                      # this file, or the config itself inline)
+    overrides: [train.epochs=200]     # dotted overrides applied to the recipe
+    data: {path: /data/prostate-prepared, downsample: nearest}   # merged into the recipe's data
+    out_size: 256
+    sizes: [16, 32]
+    seeds: [0, 1, 2]
+    models:                           # name -> build_model fields (merged into the recipe's model)
+      jnet: {arch: jnet, head: paper}
+      baseline: {arch: baseline, train_at: input}
+      base-full: {arch: base, in_size: 256}   # a fixed in_size: one cell per seed, not per size
+    reference: baseline               # the model J-Net's gain is measured against
+    bench: {batch: 16, reps: 10, onnx: true}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from jnet.errors import ConfigError
+from jnet.utils.atomic import write_json, write_text
+
+SWEEP_KEYS = ("recipe", "overrides", "data", "out_size", "sizes", "seeds", "models", "reference",
+              "bench", "evaluate", "samples")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One (model, input size, seed) of the grid with its full training config (plain dict)."""
+
+    name: str
+    model: str
+    in_size: int
+    seed: int
+    config: dict
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """Read a sweep YAML, resolve its recipe path and check its keys.
+
+    Raises:
+        ConfigError: unknown keys, missing models/sizes, unreadable recipe.
+    """
+    from jnet.training.config import apply_overrides
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: sweep config not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    raw = apply_overrides(raw, overrides, source=str(path))
+    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
+    for key in ("models", "sizes"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: '{key}' must be a non-empty list or mapping")
+    if not isinstance(raw["models"], dict):
+        raise ConfigError(f"{path}: 'models' must map a model name to build_model fields")
+    recipe = raw.get("recipe")
+    if isinstance(recipe, dict):  # inlined, as in the sweep.yaml that `jnet demo` writes
+        pass
+    elif recipe is not None:
+        recipe_path = (path.parent / recipe).resolve()
+        try:
+            raw["recipe"] = yaml.safe_load(recipe_path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: recipe {recipe_path} not found") from None
+        raw["recipe_path"] = str(recipe_path)
+    else:
+        raw["recipe"] = {}
+    raw.setdefault("seeds", [0])
+    raw.setdefault("overrides", [])
+    raw.setdefault("reference", "baseline")
+    raw.setdefault("bench", {})
+    raw.setdefault("evaluate", {})
+    raw["source"] = str(path.resolve())
+    return raw
+
+
+def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[Cell]:
+    """Expand the grid into cells with validated training configs, in a stable order.
+
+    A model entry with its own ``in_size`` gives one cell per seed; cells whose (model, in_size,
+    seed) repeat are kept once.
+    """
+    from jnet.training.config import apply_overrides, config_from_dict, to_dict
+
+    recipe = apply_overrides(sweep["recipe"], sweep.get("overrides", []), source=sweep.get("source", "sweep"))
+    data = {**(recipe.get("data") or {}), **(sweep.get("data") or {})}
+    if data_path is not None:
+        data["path"] = str(data_path)
+    cells, seen = [], set()
+    for model_name, fields in sweep["models"].items():
+        fields = dict(fields or {})
+        for size in sweep["sizes"]:
+            in_size = int(fields.get("in_size", size))
+            for seed in sweep["seeds"]:
+                key = (model_name, in_size, int(seed))
+                if key in seen:
+                    continue
+                seen.add(key)
+                model = {**(recipe.get("model") or {}), **fields, "in_size": in_size}
+                if sweep.get("out_size"):
+                    model["out_size"] = int(sweep["out_size"])
+                if model.get("arch") == "base":
+                    model["out_size"] = in_size
+                raw = {**recipe, "data": data, "model": model,
+                       "train": {**(recipe.get("train") or {}), "seed": int(seed)}}
+                config = config_from_dict(raw, source=f"{sweep.get('source', 'sweep')} [{model_name}]")
+                name = f"{model_name}-{in_size}-seed{seed}"
+                cells.append(Cell(name, model_name, in_size, int(seed), to_dict(config)))
+    return cells
+
+
+def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> dict:
+    """Train, evaluate and bench one cell; write and return its row (``cell.json``)."""
+    from jnet.training.checkpoint import load_model
+    from jnet.training.config import config_from_dict
+    from jnet.evaluation.evaluate import evaluate
+    from jnet.training.run import train
+
+    config = config_from_dict(cell.config, source=cell.name)
+    run_dir = cell_dir / "run"
+    start = time.perf_counter()
+    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+    train(config, run_dir, resume=resume, overwrite=not resume and run_dir.exists(), quiet=quiet)
+    train_time = time.perf_counter() - start
+
+    model, info = load_model(run_dir)
+    ev = sweep.get("evaluate", {})
+    metrics = evaluate(model, info, config.data.path, split=ev.get("split", "test"), fold=config.data.fold,
+                       out_dir=cell_dir / "eval", overwrite=True, overlays=0, quiet=quiet)
+    speed = bench_cell(model, info, cell_dir, sweep.get("bench", {}))
+    row = {
+        "model": cell.model, "in_size": cell.in_size, "out_size": int(model.out_size), "seed": cell.seed,
+        "arch": info["model"].get("arch"), "base": info["model"].get("base"),
+        "downsample": info.get("downsample"),
+        "jaccard": metrics["jaccard"]["mean"], "dice": metrics["dice"]["mean"],
+        "hd95": metrics["hd95"]["mean"], "volume_jaccard": metrics["volume_jaccard"]["mean"],
+        "train_time_s": train_time, **speed,
+    }
+    write_json(cell_dir / "cell.json", row)
+    return row
+
+
+def bench_cell(model, info: Mapping, cell_dir: Path, options: Mapping[str, Any]) -> dict:
+    """Speed and size of a trained model: eager PyTorch and (optionally) ONNX Runtime."""
+    from jnet.experiments.bench import measure_onnx, measure_torch
+    from jnet.deploy.export import inference_module
+    from jnet.experiments.profiling import count_macs, count_parameters
+
+    batch = int(options.get("batch", 16))
+    reps = int(options.get("reps", 10))
+    shape = (1, model.in_channels, model.in_size, model.in_size)
+    # Speed and MACs of what is deployed (the folded head where there is one); params as trained.
+    deployed, _ = inference_module(model)
+    out = {"params": count_parameters(model), "macs": count_macs(deployed, shape)}
+    out.update(measure_torch(deployed, shape, batch=batch, reps=reps))
+    if options.get("onnx", True):
+        from jnet.deploy.export import export_onnx
+
+        onnx_path = cell_dir / "model.onnx"
+        if not onnx_path.exists():
+            export_onnx((model, dict(info)), onnx_path)
+        out["onnx_images_per_s"] = measure_onnx(onnx_path, shape, batch=batch, reps=reps)["images_per_s"]
+    return out
+
+
+def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = None,
+              overrides: Sequence[str] = (), quiet: bool = False) -> Path:
+    """Run (or resume) every cell of a sweep, then write the tables, plots and report.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    sweep = load_sweep(sweep_path, overrides)
+    cells = make_cells(sweep, data)
+    if not cells[0].config["data"].get("path"):
+        raise ConfigError(f"{sweep_path}: data.path is not set; pass --data PREPARED_DIR")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "sweep.yaml", yaml.safe_dump(_plain_sweep(sweep), sort_keys=False))
+    rows = run_cells(cells, out, sweep, quiet=quiet)
+    return write_results(out, rows, sweep, cells)
+
+
+def run_cells(cells: Sequence[Cell], out: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> list[dict]:
+    """Run every cell not yet finished under ``out/cells``; return all rows in cell order."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    bar = tqdm(cells, desc="sweep", unit="cell", disable=quiet)
+    for cell in bar:
+        cell_dir = Path(out) / "cells" / cell.name
+        done = cell_dir / "cell.json"
+        bar.set_postfix_str(cell.name)
+        if done.exists():
+            rows.append(json.loads(done.read_text()))
+            continue
+        rows.append(run_cell(cell, cell_dir, sweep, quiet=quiet))
+    return rows
+
+
+def _plain_sweep(sweep: Mapping) -> dict:
+    return {k: v for k, v in sweep.items() if k not in ("recipe",)} | {"recipe_config": sweep.get("recipe")}
+
+
+def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[Cell]) -> Path:
+    """Tables, plots, the sample figure and ``report.md`` from finished cells."""
+    from jnet.experiments import report
+
+    report.write_csv(rows, out / "results.csv")
+    aggregated = report.aggregate(rows)
+    table = report.markdown_table(aggregated)
+    write_text(out / "results.md", table)
+    report.plot_quality_vs_size(aggregated, out / "jaccard_vs_size.png")
+    report.plot_pareto(aggregated, out / "pareto.png")
+    figures = ["jaccard_vs_size.png", "pareto.png"]
+    if write_samples(out, sweep, cells):
+        figures.append("samples.png")
+    return write_report(out, sweep, cells, aggregated, table, figures)
+
+
+def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) -> bool:
+    """Figure of test slices at the smallest size: low-res input, reference, J-Net, ground truth."""
+    import numpy as np
+    import torch
+
+    from jnet.experiments import report
+    from jnet.training.checkpoint import load_model
+    from jnet.cache.reader import SliceDataset
+    from jnet.transforms.tasks import label_from_logits
+
+    reference = sweep.get("reference", "baseline")
+    size = min(int(s) for s in sweep["sizes"])
+    pick = {c.model: c for c in cells if c.in_size == size and c.seed == min(sweep["seeds"])}
+    jnet_name = next((m for m, c in pick.items() if c.config["model"].get("arch") == "jnet"), None)
+    if jnet_name is None or reference not in pick:
+        return False
+    models = {name: load_model(out / "cells" / pick[name].name / "run") for name in (reference, jnet_name)}
+    config = pick[jnet_name].config
+    split = sweep.get("evaluate", {}).get("split", "test")
+    dataset = SliceDataset(config["data"]["path"], split, fold=config["data"].get("fold", 0), in_size=size,
+                           downsample=config["data"].get("downsample", "area"))
+    # The slice with the most foreground of each of the first n cases shows the boundary detail best.
+    best: dict[str, tuple[int, int]] = {}
+    for i in range(len(dataset)):
+        _, label, meta = dataset[i]
+        area = int((np.asarray(label) > 0).sum())
+        case = meta.get("case_id", str(i))
+        if area > best.get(case, (-1, 0))[0]:
+            best[case] = (area, i)
+    rows = [i for _, i in sorted(best.values(), reverse=True)[:n]]
+    samples = []
+    for i in rows:
+        lr, hr, meta = dataset[int(i)]
+        sample = {"low-res input": lr[0].numpy(), "image": None, "label": str(meta.get("case_id", ""))}
+        for name, (model, info) in models.items():
+            with torch.inference_mode():
+                logits = model(lr.unsqueeze(0).float())
+            sample[name] = label_from_logits(logits, info["task"]["kind"])[0].numpy()
+        sample["ground truth"] = np.asarray(hr).astype(np.uint8)
+        samples.append(sample)
+    report.plot_samples(samples, ["low-res input", reference, jnet_name, "ground truth"], out / "samples.png")
+    return True
+
+
+def environment() -> dict:
+    import torch
+
+    from jnet import __version__
+
+    return {"jnet": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: list[dict],
+                 table: str, figures: Sequence[str]) -> Path:
+    """``report.md``: the honest summary, the table, the figures, the configs and the environment."""
+    from jnet.experiments import report
+
+    reference = sweep.get("reference", "baseline")
+    jnet_models = sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"})
+    summary = []
+    for name in jnet_models:
+        summary += report.gain_summary(aggregated, name, reference)
+    env = environment()
+    downsample = {c.config["data"].get("downsample") for c in cells}
+    lines = [
+        "# jnet sweep report", "",
+        f"Dataset: `{cells[0].config['data'].get('path')}`; low-resolution input simulated with "
+        f"`{', '.join(sorted(d for d in downsample if d))}` downsampling; metrics on the "
+        f"`{sweep.get('evaluate', {}).get('split', 'test')}` split at the output resolution, "
+        f"mean ± std over seeds {list(sweep['seeds'])}.", "",
+        "## Summary (measured)", "",
+        *(summary or ["- no J-Net/reference pair at a common input size in this grid."]), "",
+        "## Results", "", table, "",
+        "Speed: eager PyTorch and ONNX Runtime images/s at the batch size in the sweep's `bench` "
+        f"section, on this machine ({env['processor']}, {env['torch_threads']} torch threads); "
+        "compare ratios within this table, not with other machines.", "",
+        "## Figures", "",
+        *[f"![{f}]({f})" for f in figures], "",
+        "## Environment", "", "```json", json.dumps(env, indent=2), "```", "",
+        "## Configs", "", "Every cell's resolved config is in `cells/<cell>/run/config.yaml`; the grid:", "",
+        "```yaml", yaml.safe_dump(_plain_sweep(sweep), sort_keys=False).rstrip(), "```", "",
+    ]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,76 @@
+"""Read one prediction input: a NIfTI file, a BraTS case folder or a PNG slice (no label)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jnet.errors import DataError
+from jnet.sources import brats, readers
+from jnet.sources.common import Collector, check_intensities, select_channels, spacing_of
+from jnet.sources.png import LUMA
+from jnet.sources.types import LoadedCase
+
+
+def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> LoadedCase:
+    """Read one prediction input: a NIfTI file (3D, or 4D with channels last), a BraTS case folder
+    (FLAIR, T1, T1ce, T2 in this order; ``channels`` selects by name) or a PNG slice.
+
+    Returns:
+        ``LoadedCase`` with ``label`` None. Shape: ``image (C, X, Y, Z)`` (PNG: ``(C, H, W, 1)``).
+    Raises:
+        DataError: naming the path (missing, corrupt, unsupported dimensionality or kind).
+    """
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return brats.load_folder(path, channels)
+    if readers.is_png(path):
+        pixels = readers.read_png(path)
+        if pixels.ndim == 2:
+            planes, names = {"gray": pixels}, ("gray",)
+        else:
+            planes = {"R": pixels[..., 0], "G": pixels[..., 1], "B": pixels[..., 2],
+                      "gray": pixels @ np.asarray(LUMA, dtype=np.float32)}
+            names = ("R", "G", "B")
+        keep = [list(planes)[i] for i in select_channels(list(planes), channels)] if channels else list(names)
+        image = np.stack([planes[k] for k in keep])[..., None]
+        return LoadedCase(image.astype(np.float32), None, np.eye(4), (1.0, 1.0, 1.0), tuple(keep))
+    if not readers.is_nifti(path):
+        raise DataError(f"{path}: expected a .nii/.nii.gz file, a BraTS case folder or a .png file")
+    data, affine = readers.read_nifti(path)
+    if data.ndim == 3:
+        image = data[None]
+    elif data.ndim == 4:
+        image = np.moveaxis(data, -1, 0)
+    else:
+        raise DataError(
+            f"{path}: a {data.ndim}D image of shape {data.shape}; expected 3D (X, Y, Z) or 4D "
+            f"(X, Y, Z, channels)"
+        )
+    names = _msd_channel_names(path, image.shape[0])
+    if channels is not None and names and len(channels) != image.shape[0]:
+        # A NIfTI does not name its channels; an MSD file does through its dataset.json. Without
+        # names the caller's channel-count check reports the mismatch.
+        keep = select_channels(names, channels)
+        image, names = image[keep], tuple(names[i] for i in keep)
+    report = Collector(collect=False)
+    check_intensities(report, path, image, ())
+    return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
+
+
+def _msd_channel_names(path: Path, count: int) -> tuple[str, ...]:
+    """Channel names of an MSD image from the ``dataset.json`` of its task folder, if any."""
+
+    for folder in (path.parent, path.parent.parent):
+        manifest = folder / "dataset.json"
+        if manifest.is_file():
+            try:
+                modality = json.loads(manifest.read_text()).get("modality", {})
+                names = tuple(str(modality[str(i)]) for i in range(count))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return ()
+            return names
+    return ()

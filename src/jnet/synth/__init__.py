@@ -1,0 +1,1 @@
+"""The built-in synthetic datasets (``generate.synthesize``), written in a published layout."""

@@ -1,0 +1,1 @@
+"""Helpers every stage uses: atomic file output (``atomic``) and option look-up with did-you-mean (``options``)."""

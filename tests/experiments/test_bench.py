@@ -1,0 +1,113 @@
+"""`jnet bench`: model specs, backends side by side, JSON + Markdown output (no timed assertions)."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from jnet.experiments.bench import PeakRSS, expand_sizes, load_subject, markdown, parse_spec, run_bench
+from jnet.cli import main
+from jnet.errors import ConfigError
+from jnet.deploy.export import export_onnx
+from jnet.deploy.predict import STAGES
+
+# A tiny J-Net, 16 -> 64; threads=1 keeps the shared CI cores free.
+TINY = "jnet16:width=4,depth=2,out_size=64"
+
+
+def test_parse_spec():
+    assert parse_spec("jnet16") == {"arch": "jnet", "in_size": 16, "out_size": 256}
+    assert parse_spec("base256") == {"arch": "base", "in_size": 256}
+    assert parse_spec("baseline32:width=8,head_skips=false") == {
+        "arch": "baseline", "in_size": 32, "out_size": 256, "width": 8, "head_skips": False}
+    assert parse_spec("model.onnx") is None
+    with pytest.raises(ConfigError, match="field=value"):
+        parse_spec("jnet16:width")
+    with pytest.raises(ConfigError, match="not a file or run dir"):
+        load_subject("resnet50")
+    assert expand_sizes(["jnet16:width=4", "base256"], [16, 32]) == [
+        "jnet16:width=4", "jnet32:width=4", "base16", "base32"]
+
+
+def test_spec_builds_the_model_it_names():
+    subject = load_subject("base32:width=4,depth=2", in_channels=2)
+    model = subject.model
+    assert (model.config["arch"], model.in_size, model.out_size, model.in_channels) == ("base", 32, 32, 2)
+    assert subject.random_weights and subject.info["channels"] == ["channel0", "channel1"]
+
+
+def test_bench_side_by_side_with_end_to_end(tmp_path):
+    volume = tmp_path / "vol.nii.gz"
+    data = np.random.default_rng(0).normal(100, 10, (20, 24, 2)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.9, 0.9, 3.0, 1.0])), str(volume))
+    threads = torch.get_num_threads()
+    result = run_bench([TINY, "base16:width=4,depth=2"], backends=["torch", "torch-folded", "onnxruntime"],
+                       batches=[1, 2], volume=volume, reps=2, warmup=1, threads=1, progress=False)
+    assert torch.get_num_threads() == threads  # the process-wide setting is given back
+
+    rows = {(r["model"], r["backend"]): r for r in result["rows"]}
+    assert set(rows) == {(TINY, "torch"), (TINY, "torch-folded"), (TINY, "onnxruntime"),
+                         ("base16:width=4,depth=2", "torch"), ("base16:width=4,depth=2", "onnxruntime")}
+    # a base has no head to fold: reported as skipped, not as an error
+    assert [(s["model"], s["backend"]) for s in result["skipped"]] == [("base16:width=4,depth=2", "torch-folded")]
+    jnet = rows[(TINY, "onnxruntime")]
+    assert (jnet["in_size"], jnet["out_size"], jnet["head"], jnet["threads"]) == (16, 64, "folded", 1)
+    assert rows[(TINY, "torch")]["params"] == jnet["params"] > 0
+    assert rows[(TINY, "torch")]["macs"] > rows[("base16:width=4,depth=2", "torch")]["macs"] > 0
+    for row in result["rows"]:
+        assert [b["batch"] for b in row["batches"]] == [1, 2]
+        for b in row["batches"]:
+            assert b["images_per_s"] > 0 and b["latency_ms_p95"] >= b["latency_ms_p50"] > 0
+            assert b["peak_rss_mb"] >= 0
+        e2e = row["end_to_end"]
+        assert e2e["shape"] == [20, 24, 2] and set(e2e["stages_ms"]) == set(STAGES)
+        assert e2e["total_ms"] == pytest.approx(sum(e2e["stages_ms"].values()), rel=0.35)
+
+    table = markdown(result)
+    assert table.count(f"| {TINY} |") == 6  # 3 model-only rows + 3 end-to-end rows
+    assert "End to end" in table and "- base16:width=4,depth=2 / torch-folded: " in table
+
+
+def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
+    onnx_path = tmp_path / "m.onnx"
+    model = load_subject(TINY)
+    export_onnx((model.model, model.info), onnx_path)
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    code = main(["bench", TINY, str(onnx_path), "--backend", "torch,onnxruntime,int8", "--batch", "1",
+                 "--reps", "2", "--warmup", "0", "--threads", "1", "--json", str(out_json), "--md", str(out_md)])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    pairs = [(r["model"], r["backend"]) for r in result["rows"]]
+    assert pairs == [(TINY, "torch"), (TINY, "onnxruntime"), (TINY, "int8"),
+                     (str(onnx_path), "onnxruntime"), (str(onnx_path), "int8")]
+    assert result["skipped"][0]["backend"] == "torch"  # an .onnx file has no PyTorch weights
+    assert out_md.read_text() in capsys.readouterr().out
+    assert main(["bench", TINY, "--backend", "tensorrt"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", TINY, "--batch", "0"])
+
+
+def test_peak_rss_sees_an_allocation():
+    with PeakRSS() as peak:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        del block
+    assert peak.mb >= 0
+    if peak.exact:  # Linux: the reset high-water mark saw the block even though it is freed
+        assert peak.mb > 50
+
+
+def test_measure_torch_and_onnx_for_the_sweep(tmp_path):
+    from jnet.experiments.bench import measure_onnx, measure_torch
+
+    subject = load_subject(TINY)
+    path = tmp_path / "m.onnx"
+    export_onnx((subject.model, subject.info), path)
+    shape = (1, 1, 16, 16)
+    for result in (measure_torch(subject.model, shape, batch=2, reps=2, warmup=0, threads=1),
+                   measure_onnx(path, shape, batch=2, reps=2, warmup=0, threads=1)):
+        assert set(result) == {"images_per_s", "batch", "latency_p50_ms", "latency_p95_ms", "peak_mem_mb"}
+        assert result["batch"] == 2 and result["images_per_s"] > 0
+        assert result["latency_p95_ms"] >= result["latency_p50_ms"] > 0

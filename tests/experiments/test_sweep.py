@@ -1,0 +1,167 @@
+"""Sweep grid, resume, report tables and plots, and the demo end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from jnet.experiments import report
+from jnet.errors import ConfigError
+
+ROWS = [
+    {"model": "baseline", "in_size": 16, "out_size": 64, "seed": s, "jaccard": j, "dice": j + 0.1,
+     "hd95": 3.0, "volume_jaccard": j, "params": 100, "macs": 1e6, "images_per_s": 400.0}
+    for s, j in ((0, 0.50), (1, 0.60))
+] + [
+    {"model": "jnet", "in_size": 16, "out_size": 64, "seed": s, "jaccard": j, "dice": j + 0.1,
+     "hd95": 2.0, "volume_jaccard": j, "params": 112, "macs": 1.1e6, "images_per_s": 380.0}
+    for s, j in ((0, 0.70), (1, 0.80))
+] + [
+    {"model": "jnet", "in_size": 32, "out_size": 64, "seed": 0, "jaccard": 0.9, "dice": 0.95,
+     "hd95": float("nan"), "volume_jaccard": 0.9, "params": 112, "macs": 4e6, "images_per_s": 100.0},
+]
+
+
+def _is_png(path) -> bool:
+    with Image.open(path) as im:
+        im.load()
+        return im.format == "PNG" and im.size[0] > 50
+
+
+def test_aggregate_means_and_stds_over_seeds():
+    agg = {(a["model"], a["in_size"]): a for a in report.aggregate(ROWS)}
+    assert agg[("baseline", 16)]["jaccard"] == pytest.approx(0.55)
+    assert agg[("baseline", 16)]["jaccard_std"] == pytest.approx(0.05)
+    assert agg[("jnet", 16)]["n_seeds"] == 2
+    assert math.isnan(agg[("jnet", 32)]["hd95"])  # NaN is not averaged into a number
+
+
+def test_markdown_table_and_gain_summary():
+    agg = report.aggregate(ROWS)
+    table = report.markdown_table(agg)
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| model | input | output | seeds | Jaccard %")
+    assert len(lines) == 2 + 3
+    assert "| baseline | 16² | 64² | 2 | 55.0 ± 5.0 |" in table
+    gain = report.gain_summary(agg)
+    assert len(gain) == 1 and "+20.0 points" in gain[0] and "better" in gain[0]
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(100, 0.9), (400, 0.6), (380, 0.75), (50, 0.5), (350, 0.7)]  # 3 and 4 are dominated
+    assert report.pareto_front(pts) == [0, 2, 1]
+
+
+def test_csv_round_trip_and_plots(tmp_path):
+    report.write_csv(ROWS, tmp_path / "results.csv")
+    back = report.read_csv(tmp_path / "results.csv")
+    assert [r["model"] for r in back] == [r["model"] for r in ROWS]
+    assert float(back[2]["jaccard"]) == pytest.approx(0.7)
+    agg = report.aggregate(back)
+    report.plot_quality_vs_size(agg, tmp_path / "q.png")
+    report.plot_pareto(agg, tmp_path / "p.png")
+    samples = [{"low-res input": np.random.rand(16, 16), "ground truth": np.eye(64, dtype=np.uint8),
+                "image": None, "label": "case"}]
+    report.plot_samples(samples, ["low-res input", "ground truth"], tmp_path / "s.png")
+    assert all(_is_png(tmp_path / f) for f in ("q.png", "p.png", "s.png"))
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(prostate_dir, tmp_path_factory):
+    from jnet.cache.build import prepare_dataset
+
+    return prepare_dataset(prostate_dir, tmp_path_factory.mktemp("sweep") / "prepared", channels=["T2"],
+                           size=64, val_fraction=0.34, test_fraction=0.34, progress=False)
+
+
+def _sweep_file(tmp_path, **changes):
+    sweep = {
+        "recipe": {"model": {"width": 4, "variant": "clean"},
+                   "train": {"epochs": 1, "batch_size": 4, "num_workers": 0}},
+        "data": {"downsample": "area"},
+        "out_size": 64, "sizes": [16], "seeds": [0],
+        "models": {"jnet": {"arch": "jnet", "head": "paper"},
+                   "baseline": {"arch": "baseline", "train_at": "input"}},
+        "bench": {"batch": 2, "reps": 1, "onnx": True},
+        **changes,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def test_make_cells_expands_the_grid_and_dedupes_fixed_sizes(tmp_path):
+    from jnet.experiments.sweep import load_sweep, make_cells
+
+    path = _sweep_file(tmp_path, sizes=[16, 32], seeds=[0, 1],
+                       models={"jnet": {"arch": "jnet"}, "full": {"arch": "base", "in_size": 64}})
+    cells = make_cells(load_sweep(path), data_path="/nowhere")
+    names = [c.name for c in cells]
+    assert names == ["jnet-16-seed0", "jnet-16-seed1", "jnet-32-seed0", "jnet-32-seed1",
+                     "full-64-seed0", "full-64-seed1"]
+    full = cells[-1].config
+    assert full["model"]["in_size"] == full["model"]["out_size"] == 64
+    assert cells[1].config["train"]["seed"] == 1
+
+
+def test_bad_sweep_keys_are_refused(tmp_path):
+    from jnet.experiments.sweep import load_sweep
+
+    with pytest.raises(ConfigError, match="unknown sweep key.*modles"):
+        load_sweep(_sweep_file(tmp_path, modles={}))
+
+
+@pytest.mark.slow
+def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, monkeypatch):
+    from jnet.experiments import sweep as sweep_mod
+    from jnet.experiments.sweep import run_sweep
+
+    path = _sweep_file(tmp_path)
+    out = tmp_path / "out"
+    report_path = run_sweep(path, out, data=str(prepared), quiet=True)
+    for name in ("results.csv", "results.md", "report.md", "jaccard_vs_size.png", "pareto.png", "samples.png"):
+        assert (out / name).exists(), name
+    assert _is_png(out / "pareto.png") and _is_png(out / "samples.png")
+    rows = report.read_csv(out / "results.csv")
+    assert {r["model"] for r in rows} == {"jnet", "baseline"}
+    assert all(0.0 <= float(r["jaccard"]) <= 1.0 and float(r["images_per_s"]) > 0 for r in rows)
+    text = report_path.read_text()
+    assert "16² input: jnet" in text and "![pareto.png](pareto.png)" in text
+    cell = out / "cells" / "jnet-16-seed0" / "cell.json"
+    before = json.loads(cell.read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(sweep_mod, "run_cell", no_training)
+    run_sweep(path, out, data=str(prepared), quiet=True)
+    assert json.loads(cell.read_text()) == before
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    from jnet.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| baseline | 16² |" in text and "| jnet | 32² |" in text
+    assert _is_png(out / "sweep" / "jaccard_vs_size.png") and _is_png(out / "sweep" / "samples.png")
+    assert (out / "jnet.onnx").stat().st_size > 0
+    masks = list((out / "predictions").glob("*.nii.gz"))
+    assert len(masks) == 1
+    import nibabel as nib
+
+    volume = nib.load(sorted((out / "data" / "Task05_Prostate" / "imagesTr").glob("prostate_*.nii.gz"))[0])
+    mask = nib.load(masks[0])
+    assert mask.shape == volume.shape[:3]
+    np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-5)
+    # A second demo into the same folder is refused rather than overwriting it.
+    assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 2

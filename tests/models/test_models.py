@@ -1,0 +1,339 @@
+"""Models: parameter counts, the output contract over bases x sizes x heads, config errors, fold."""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from jnet.errors import ConfigError
+from jnet.training.losses import MultiScaleLoss
+from jnet.models import (BASES, Baseline, ChainHead, ELUNet, JNet, PaperHead, build_model,
+                         fold_head)
+from jnet.models.fold import fold_affine_head
+from jnet.experiments.profiling import count_parameters
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# --- parameter counts ---------------------------------------------------------------------------
+
+
+def test_faithful_elunet_parameter_counts():
+    assert count_parameters(ELUNet(1, 1, width=16, variant="faithful")) == 3_194_081
+    assert count_parameters(ELUNet(1, 1, width=8, variant="faithful")) == 800_113
+
+
+def test_clean_variant_unshares_exactly_the_three_decoder_upsamplers():
+    n = 16
+    # UpSample(c_in -> c_out, x2) = ConvT(c_in, c_in, 2) + Conv3x3(c_in -> c_out), all with bias
+    def up(c_in, c_out):
+        return (c_in * c_in * 4 + c_in) + (c_in * c_out * 9 + c_out)
+    shared = up(8 * n, 4 * n) + up(4 * n, 2 * n) + up(2 * n, n)  # levels 3, 2, 1
+    clean = count_parameters(ELUNet(1, 1, width=n, variant="clean"))
+    assert clean - 3_194_081 == shared == 183_120
+
+
+def test_paper_head_sizes():
+    # K=4 (16 -> 256): out2, out3: 2 x (ConvT 5 + Conv 10); skip4: 2 ConvT + 1 shared Conv;
+    # up_concat: ConvT(2,2) 18 + Conv(2->1) 19; skip8: 3 ConvT + 1 shared Conv  => 112
+    assert count_parameters(PaperHead(1, 4)) == 30 + 20 + 37 + 25 == 112
+    assert count_parameters(PaperHead(1, 3)) == 30 + 20 + 37 == 87
+    for c in (1, 3):  # the documented table: 13C^2+2C, 26C^2+4C, 77C^2+10C, 98C^2+14C, 123C^2+19C
+        sizes = [13 * c * c + 2 * c, 26 * c * c + 4 * c, 77 * c * c + 10 * c,
+                 98 * c * c + 14 * c, 123 * c * c + 19 * c]
+        assert [count_parameters(PaperHead(c, k)) for k in range(1, 6)] == sizes
+    assert count_parameters(PaperHead(3, 4)) == 924 > 112
+
+
+def test_faithful_jnet16_total_and_head_reuse():
+    model = build_model(variant="faithful", width=16, in_size=16, out_size=256)
+    assert count_parameters(model) == 3_194_193
+    # out5 reuses out4's module: one up_concat, applied twice
+    calls = []
+    model.head.up_concat.register_forward_hook(lambda *a: calls.append(1))
+    model.eval()(torch.zeros(1, 1, 16, 16))
+    assert len(calls) == 2
+
+
+# --- the output contract ------------------------------------------------------------------------
+
+BASE_CASES = [("elunet", "faithful"), ("elunet", "clean"), ("unet", None), ("basicunet", None)]
+SIZES = [(16, 256), (32, 256), (80, 320)]
+
+
+def _check_contract(model: nn.Module, batch: int = 2) -> None:
+    s, big, c = model.in_size, model.out_size, model.classes
+    x = torch.randn(batch, model.in_channels, s, s)
+    model.train()
+    outs = model(x)
+    assert isinstance(outs, list)
+    assert [o.shape[-1] for o in outs] == model.output_scales == sorted(model.output_scales)
+    for o, size in zip(outs, model.output_scales):
+        assert o.shape == (batch, c, size, size)
+        assert torch.isfinite(o).all()
+    kind = "binary" if c == 1 else "multiclass"
+    target = torch.randint(0, max(c, 2), (batch, big, big))
+    MultiScaleLoss(kind)(outs, target).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (batch, c, big, big)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("base,variant", BASE_CASES)
+@pytest.mark.parametrize("in_size,out_size", SIZES)
+@pytest.mark.parametrize("head", ["paper", "chain"])
+def test_jnet_contract(base, variant, in_size, out_size, head):
+    model = build_model(base=base, variant=variant, width=4, in_size=in_size, out_size=out_size,
+                        head=head)
+    k = (out_size // in_size).bit_length() - 1
+    assert model.output_scales == [in_size * 2 ** i for i in range(k + 1)]
+    _check_contract(model)
+
+
+@pytest.mark.parametrize("base", ["elunet", "unet", "basicunet"])
+@pytest.mark.parametrize("arch,train_at", [("baseline", "input"), ("baseline", "output"),
+                                           ("base", None)])
+def test_baseline_contract(base, arch, train_at):
+    out_size = 128 if arch == "baseline" else 32
+    model = build_model(arch=arch, base=base, width=4, in_size=32, out_size=out_size,
+                        train_at=train_at, classes=3)
+    expected = {"input": [32], "output": [128], None: [32]}[train_at]
+    assert model.output_scales == expected
+    _check_contract(model)
+
+
+def test_jnet_wraps_any_module():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = JNet(Tiny(), in_size=8, out_size=32, classes=3, head="chain", in_channels=2)
+    assert (model.in_size, model.out_size, model.classes, model.in_channels) == (8, 32, 3, 2)
+    _check_contract(model)
+    assert isinstance(model.head, ChainHead) and model.base.__class__.__name__ == "Tiny"
+
+
+def test_baseline_upsamples_bilinearly_in_eval():
+    model = build_model(arch="baseline", width=4, in_size=16, out_size=64).eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        want = nn.functional.interpolate(model.base(x), size=(64, 64), mode="bilinear",
+                                         align_corners=False)
+        assert torch.allclose(model(x), want)
+    assert isinstance(model, Baseline)
+
+
+def test_multiclass_three_input_channels():
+    model = build_model(width=4, in_channels=3, classes=4, in_size=16, out_size=64)
+    assert model.in_channels == 3 and model.head.classes == 4
+    _check_contract(model)
+
+
+# --- config and errors --------------------------------------------------------------------------
+
+
+def test_config_is_complete_jsonable_and_round_trips():
+    for cfg in [{}, {"arch": "baseline", "base": "unet", "width": 4, "train_at": "output"},
+                {"arch": "base", "in_size": 32, "width": 4}, {"head": "chain", "variant": "faithful",
+                                                            "width": 4, "in_size": 80, "out_size": 320}]:
+        model = build_model(**cfg)
+        assert set(model.config) == set(inspect.signature(build_model).parameters)
+        text = json.dumps(model.config)
+        again = build_model(**json.loads(text))
+        assert again.config == model.config
+        assert again.state_dict().keys() == model.state_dict().keys()
+    default = build_model().config
+    assert default["variant"] == "clean" and default["out_size"] == 256 and default["arch"] == "jnet"
+    assert build_model(arch="base", in_size=32, width=4).config["out_size"] == 32
+    assert build_model(base="unet", width=4).config["variant"] is None
+
+
+def test_build_model_signature_lists_fields():
+    params = inspect.signature(build_model).parameters
+    assert list(params) == ["arch", "base", "variant", "width", "depth", "norm", "in_channels",
+                            "classes", "in_size", "out_size", "head", "head_skips", "train_at"]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
+    assert set(BASES) == {"elunet", "unet", "basicunet"}
+
+
+def _error(**cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_model(**cfg)
+    return str(info.value)
+
+
+def test_out_size_not_a_power_of_two_multiple():
+    msg = _error(in_size=16, out_size=320)
+    assert "model.out_size" in msg and "320 is not 16*2^K" in msg
+    assert "nearest valid: 256, 512" in msg
+    assert "80, 160" in msg  # the in_sizes that reach 320 with depth 4
+    assert "20," not in msg  # 20 and 40 are not divisible by 2^4
+
+
+def test_80_to_320_is_valid():
+    model = build_model(width=4, in_size=80, out_size=320)
+    assert model.output_scales == [80, 160, 320]
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    ({"in_size": 20}, ["model.in_size", "20 is not divisible by 2^depth = 16", "16, 32"]),
+    ({"in_size": 32, "out_size": 16}, ["model.out_size", "smaller than in_size 32", "64"]),
+    ({"in_size": 16, "out_size": 1024}, ["K=6", "at most 5", "512"]),
+    ({"in_size": 16, "out_size": 16}, ["equals in_size", "arch 'base'"]),
+    ({"arch": "base", "in_size": 32, "out_size": 64}, ["out_size must equal in_size 32"]),
+    ({"base": "elunett"}, ["model.base", "'elunett'", "did you mean 'elunet'"]),
+    ({"base": "resnet"}, ["model.base", "elunet, unet, basicunet"]),
+    ({"head": "papr"}, ["model.head", "did you mean 'paper'"]),
+    ({"norm": "layer"}, ["model.norm", "batch, instance, group"]),
+    ({"variant": "faithfull"}, ["model.variant", "did you mean 'faithful'"]),
+    ({"train_at": "both"}, ["model.train_at", "input, output"]),
+    ({"widht": 8}, ["model.widht: unknown field", "did you mean 'width'"]),
+    ({"width": 0}, ["model.width", "positive integer", "0"]),
+    ({"width": 2.5}, ["model.width", "positive integer"]),
+    ({"head_skips": "yes"}, ["model.head_skips"]),
+    ({"base": "basicunet", "depth": 3, "in_size": 32}, ["basicunet", "fixed depth of 4"]),
+    ({"norm": "instance", "in_size": 16}, ["model.norm", "instance", "1x1", "group"]),
+])
+def test_bad_config(cfg, expected):
+    msg = _error(**cfg)
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+def test_one_error_lists_every_problem():
+    msg = _error(widht=8, base="elunett", head="papr")
+    assert "model.widht" in msg and "model.base" in msg and "model.head" in msg
+
+
+def test_batchnorm_1x1_bottleneck_batch_1_is_refused_in_training():
+    model = build_model(width=4, in_size=16, out_size=64)
+    with pytest.raises(ConfigError) as info:
+        model.train()(torch.randn(1, 1, 16, 16))
+    msg = str(info.value)
+    for part in ("model.norm", "1x1", "batch size 1", "batch_size >= 2", "group"):
+        assert part in msg, part
+    model.train()(torch.randn(2, 1, 16, 16))  # batch 2 is fine
+    model.eval()(torch.randn(1, 1, 16, 16))   # eval uses running statistics
+    for base in ("elunet", "unet", "basicunet"):
+        safe = build_model(base=base, norm="group", width=4, in_size=16, out_size=64)
+        assert len(safe.train()(torch.randn(1, 1, 16, 16))) == 3
+        with pytest.raises(ConfigError, match="model.norm"):
+            build_model(base=base, width=4, in_size=16, out_size=64).train()(torch.randn(1, 1, 16, 16))
+
+
+def test_wrong_input_shape_is_refused():
+    model = build_model(width=4, in_size=16, out_size=64).eval()
+    with pytest.raises(ConfigError, match=r"expected \(B, 1, 16, 16\).*found \(1, 1, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_monai_base_trains_with_the_head():
+    model = build_model(base="basicunet", width=4, in_size=16, out_size=32, norm="group")
+    x = torch.randn(2, 1, 16, 16)
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    target = (((yy - 16) ** 2 + (xx - 14) ** 2) < 60).long().expand(2, 32, 32)
+    loss_fn = MultiScaleLoss("binary")
+    optim = torch.optim.Adam(model.parameters(), lr=2e-2)
+    losses = []
+    for _ in range(6):
+        optim.zero_grad()
+        loss = loss_fn(model.train()(x), target)
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0] and losses[-1] == min(losses), losses
+
+
+# --- fold ---------------------------------------------------------------------------------------
+
+
+def _randomise_head(model: nn.Module) -> None:
+    # trained heads have non-trivial biases; make the border effects of every layer visible
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.5)
+
+
+@pytest.mark.parametrize("in_size,out_size,classes,head", [
+    (16, 256, 1, "paper"), (32, 256, 1, "paper"), (16, 256, 3, "paper"), (16, 64, 2, "chain")])
+def test_fold_parity(in_size, out_size, classes, head):
+    model = build_model(variant="faithful", width=4, in_size=in_size, out_size=out_size,
+                        classes=classes, head=head).eval()
+    _randomise_head(model)
+    folded = fold_head(model)
+    assert folded.folded_head.radius == 1
+    assert folded.config == model.config and folded.output_scales == model.output_scales
+    assert model.folded_head is None  # the original is untouched
+    x = torch.randn(3, 1, in_size, in_size)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert got.shape == (3, classes, out_size, out_size)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-4)
+    border = slice(0, out_size // in_size)  # the first low-resolution row's output block
+    np.testing.assert_allclose(got[..., border, :].numpy(), want[..., border, :].numpy(),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_fold_finds_a_larger_radius():
+    class WideHead(nn.Module):  # a 9x9 conv at 2x: reaches 2 low-resolution pixels
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(1, 1, 2, stride=2)
+            self.conv = nn.Conv2d(1, 1, 9, padding=4)
+
+        def forward(self, x):
+            return [x, self.conv(self.up(x))]
+
+    head = WideHead()
+    folded = fold_affine_head(head, in_size=12, classes=1, factor=2)
+    assert folded.radius == 2
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), head(x)[-1].numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_fold_refuses_non_affine_heads_training_and_baselines():
+    model = build_model(width=4, in_size=16, out_size=64, head="chain")
+    model.head.stages[0].append(nn.ReLU())
+    with pytest.raises(ConfigError, match="not an affine map"):
+        fold_head(model)
+    folded = fold_head(build_model(width=4, in_size=16, out_size=64))
+    with pytest.raises(ConfigError, match="inference-only"):
+        folded.train()(torch.randn(2, 1, 16, 16))
+    with pytest.raises(ConfigError, match="only arch 'jnet'"):
+        fold_head(build_model(arch="baseline", width=4, in_size=16, out_size=64))
+
+
+def test_folded_model_exports_to_onnx_with_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=256).eval()
+    _randomise_head(model)
+    folded = fold_head(model)
+    buf = io.BytesIO()
+    torch.onnx.export(folded, torch.randn(1, 1, 16, 16), buf, dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 16, 16)
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
