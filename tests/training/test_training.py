@@ -20,11 +20,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import TASKS, tiny, write_cache
 
 from jnet.training.config import config_from_dict, load_config
 from jnet.errors import ConfigError, DataError, JnetError
 
-from conftest import TASKS, tiny, write_cache  # noqa: F401
 
 def last_state(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]

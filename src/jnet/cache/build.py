@@ -35,6 +35,7 @@ from jnet.cache.schema import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, 
 from jnet.errors import ConfigError, DataError
 from jnet.utils.atomic import atomic_dir, write_json
 
+
 @dataclass(frozen=True)
 class _Job:
     """Everything a worker needs to turn one case into cache rows (picklable)."""
@@ -49,6 +50,7 @@ class _Job:
     dtype: str
     keep_empty: bool
     parts: Path
+
 
 def prepare_dataset(
     src: str | os.PathLike,
@@ -156,6 +158,7 @@ def prepare_dataset(
         shutil.rmtree(old, ignore_errors=True)
     return out
 
+
 def _check_options(size: int, dtype: str, workers: int) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"data.size: expected a positive integer (e.g. 256), found {size!r}")
@@ -163,6 +166,7 @@ def _check_options(size: int, dtype: str, workers: int) -> None:
         raise ConfigError(f"data.dtype: expected one of {', '.join(DTYPES)}, found {dtype!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers: expected an integer >= 1, found {workers!r}")
+
 
 def _check_target(out: Path, src: Path, overwrite: bool) -> bool:
     """Decide whether ``out`` may be written: True if an existing directory must be replaced."""
@@ -183,6 +187,7 @@ def _check_target(out: Path, src: Path, overwrite: bool) -> bool:
         raise DataError(f"{out}: the dataset {src} lies inside the output directory; refusing to replace it")
     return True
 
+
 def _move_aside(out: Path) -> Path | None:
     """Move the existing ``out`` into a hidden folder beside it (None if it was an empty folder,
     which is simply removed); the caller deletes it once the new cache is in place."""
@@ -193,6 +198,7 @@ def _move_aside(out: Path) -> Path | None:
     os.replace(out, old / out.name)
     return old
 
+
 def _choose_channels(source: Any, channels: Sequence[str] | None) -> list[str]:
     """The dataset's names of the requested channels (case-insensitive), in the requested order."""
     from jnet.sources.common import select_channels
@@ -202,6 +208,7 @@ def _choose_channels(source: Any, channels: Sequence[str] | None) -> list[str]:
     if channels is not None and not channels:
         raise ConfigError(f"data.channels: expected at least one channel of {', '.join(source.channels)}")
     return [source.channels[i] for i in select_channels(source.channels, channels)]
+
 
 def _run(jobs: list[_Job], workers: int, progress: bool) -> Iterator[dict]:
     """Run :func:`_prepare_case` over ``jobs``; yields results in job order."""
@@ -228,10 +235,12 @@ def _run(jobs: list[_Job], workers: int, progress: bool) -> Iterator[dict]:
     finally:
         bar.close()
 
+
 def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # the workers already use the cores; nested threads only contend
+
 
 def _prepare_case(job: _Job) -> dict:
     """Load, check, normalise and slice one case; write its rows to part files.
@@ -281,6 +290,7 @@ def _prepare_case(job: _Job) -> dict:
         "_part": stem,
     }
 
+
 def _assemble(tmp: Path, results: list[dict], n_channels: int, size: int, dtype: str,
               progress: bool) -> list[dict]:
     """Copy the part files, in case order, into ``images.npy`` / ``labels.npy``; return the case
@@ -315,6 +325,7 @@ def _assemble(tmp: Path, results: list[dict], n_channels: int, size: int, dtype:
         start += r["count"]
     return entries
 
+
 def _check_label_values(label: np.ndarray, allowed: Iterable[int], case: Any) -> None:
     """Raise DataError listing the label values that are not declared (by the dataset or task)."""
     if label.dtype.kind == "f":
@@ -331,6 +342,7 @@ def _check_label_values(label: np.ndarray, allowed: Iterable[int], case: Any) ->
             f"{_label_file(case)}: label values {bad} are not declared labels (expected a subset of "
             f"{sorted(allowed)}); pass a label map (e.g. --label-map 255:1) or fix the labels"
         )
+
 
 def _label_file(case: Any) -> str:
     if case.label is not None:

@@ -259,8 +259,6 @@ def check_in_size(in_size: int, size: int) -> int:
     return in_size
 
 
-
-
 def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Check an .npy file's header and size without mapping it."""
     try:

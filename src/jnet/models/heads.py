@@ -13,7 +13,6 @@ from jnet.errors import ConfigError
 from jnet.models.blocks import conv3x3, up2x, upsample_bilinear
 
 MAX_STAGES = 5
-HEADS = ("paper", "chain")
 
 
 def _check_k(k: int) -> None:
@@ -123,10 +122,13 @@ class ChainHead(nn.Module):
         return outs
 
 
+#: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
+#: A new head is a class ``f(classes, k, skips) -> nn.Module`` added here.
+HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead}
+
+
 def build_head(name: str, classes: int, k: int, skips: bool = True) -> nn.Module:
-    """``paper`` -> :class:`PaperHead`, ``chain`` -> :class:`ChainHead`."""
-    if name == "paper":
-        return PaperHead(classes, k, skips)
-    if name == "chain":
-        return ChainHead(classes, k, skips)
-    raise ConfigError(f"model.head: unknown value {name!r}; expected one of {', '.join(HEADS)}")
+    """The head registered as ``name`` in :data:`HEADS`."""
+    if name not in HEADS:
+        raise ConfigError(f"model.head: unknown value {name!r}; expected one of {', '.join(HEADS)}")
+    return HEADS[name](classes, k, skips)

@@ -22,7 +22,6 @@ REGIONS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
 }
 
 
-
 def parse_label_map(text: str | None) -> dict[int, int] | None:
     """``"0:0,255:1"`` -> ``{0: 0, 255: 1}`` (the ``--label-map`` argument); None/empty -> None."""
     if text is None or not text.strip():
@@ -43,7 +42,6 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
             raise ConfigError(f"--label-map: source value {src} is mapped twice")
         mapping[src] = dst
     return mapping
-
 
 
 def region_table(source: DatasetSource) -> dict[str, tuple[int, ...]] | None:

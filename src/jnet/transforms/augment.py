@@ -101,7 +101,6 @@ def _affine(images: torch.Tensor, labels: torch.Tensor,
     return images, warped.squeeze(1).round().to(labels.dtype)
 
 
-
 def augment_mode(augment: bool | str) -> str:
     mode = ("flip" if augment else "none") if isinstance(augment, bool) else augment
     if mode not in AUGMENT_MODES:
