@@ -301,3 +301,11 @@ def test_msd_volume_channels_are_selected_by_name(tmp_path):
     assert full.image.shape[0] == 2 and t2.channels == ("T2",) and adc.channels == ("ADC",)
     np.testing.assert_array_equal(t2.image[0], full.image[0])
     np.testing.assert_array_equal(adc.image[0], full.image[1])
+
+
+def test_torch_predictor_gives_the_thread_count_back():
+    before = torch.get_num_threads()
+    predictor = Predictor.from_model(make_model(BINARY, 1), info_for(BINARY, ("T2",)), threads=before + 1)
+    assert torch.get_num_threads() == before  # building it changes nothing
+    out = predictor(np.zeros((1, 1, SMALL, SMALL), np.float32))
+    assert out.shape == (1, 1, S, S) and torch.get_num_threads() == before

@@ -8,12 +8,13 @@ from the jnet metadata stored in the file (``metadata_props``, JSON strings; see
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -165,7 +166,8 @@ class Predictor:
             allow_no_metadata: accept an .onnx without jnet metadata (sizes read from the graph,
                 task and preprocessing guessed; a warning says so).
             trust_pickle: passed to ``jnet.training.checkpoint.load_model`` for old pickled checkpoints.
-            threads: intra-op threads (ONNX Runtime session / ``torch.set_num_threads``).
+            threads: intra-op threads (ONNX Runtime session; for torch set only while the
+                model runs, see :func:`torch_threads`).
             providers: ONNX Runtime execution providers (default CPU).
         Returns:
             A Predictor.
@@ -210,13 +212,11 @@ class Predictor:
         """A PyTorch (eager) predictor for ``model`` (put in eval mode) and its ``info`` dict."""
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
         model.eval()
         meta = ModelMeta.from_model(model, info)
 
         def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with torch_threads(threads), torch.inference_mode():
                 out = model(torch.from_numpy(x))
             if isinstance(out, (list, tuple)):  # eval contract is one tensor; be lenient
                 out = out[-1]
@@ -243,6 +243,23 @@ class Predictor:
             starts = tqdm(starts, desc="slices", unit="batch", leave=False)
         return np.concatenate([self._run(np.ascontiguousarray(x[i:i + batch_size]))
                                for i in starts])
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (None/0: unchanged), then restore the
+    process-wide count, so that a Predictor does not change it for the rest of the process."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_session(model: str | os.PathLike | bytes, *, threads: int | None = None,

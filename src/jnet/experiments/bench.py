@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jnet.deploy.runtime import torch_threads
 from jnet.errors import ConfigError, DataError, JnetError
 
 BACKENDS = ("torch", "torch-folded", "onnxruntime", "int8")
@@ -318,13 +319,8 @@ def measure_torch(model: Any, shape: Sequence[int], *, batch: int = 16, reps: in
         with torch.inference_mode():
             return model(torch.from_numpy(x))
 
-    before = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):
         return _summary(run, shape, batch, reps, warmup)
-    finally:
-        torch.set_num_threads(before)
 
 
 def measure_onnx(model: str | os.PathLike | bytes, shape: Sequence[int], *, batch: int = 16,
@@ -392,22 +388,15 @@ def run_bench(models: Sequence[str], *, backends: Sequence[str] = ("torch", "onn
         ``{"environment": {...}, "rows": [...], "skipped": [...]}``; each row has model, backend,
         sizes, params, macs, threads, ``batches`` (one dict per batch size) and ``end_to_end``.
     """
-    import torch
-
     if reps < 1 or warmup < 0 or not batches or any(b < 1 for b in batches):
         raise ConfigError(f"bench: expected reps >= 1, warmup >= 0 and positive batch sizes, found "
                           f"reps {reps}, warmup {warmup}, batches {list(batches)}")
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"--backend: unknown {unknown}; expected some of {', '.join(BACKENDS)}")
-    before = torch.get_num_threads()
-    try:  # torch's thread count is process-wide: give it back afterwards
-        if threads:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):  # torch's thread count is process-wide: given back afterwards
         return _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib,
                     trust_pickle, progress)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib, trust_pickle,
