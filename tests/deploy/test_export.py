@@ -272,7 +272,7 @@ def test_int8_needs_matching_calibration_data(tmp_path):
     cache = make_cache(tmp_path / "cache")
     with pytest.raises(ExportError, match="--calib"):
         export_onnx((Threshold().eval(), info_for(channels=("T2",))), tmp_path / "a.onnx", int8=True)
-    with pytest.raises(DataError, match=r"channels \['T2'\], but the model was trained on \['T2', 'ADC'\]"):
+    with pytest.raises(DataError, match=r"channels \['T2'\] do not match the model's input channels \['T2', 'ADC'\]"):
         export_onnx((tiny(), info_for()), tmp_path / "b.onnx", int8=True, calib=cache)
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
 

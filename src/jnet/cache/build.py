@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -33,7 +32,7 @@ import numpy as np
 from jnet import __version__
 from jnet.cache.schema import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
 from jnet.errors import ConfigError, DataError
-from jnet.utils.atomic import atomic_dir, write_json
+from jnet.utils.atomic import atomic_dir, claim_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def prepare_dataset(
 
     src, out = Path(src).absolute(), Path(out).absolute()
     _check_options(size, dtype, workers)
-    replace = _check_target(out, src, overwrite)
+    _check_target(out, src, overwrite)
 
     source = discover(src, format=format, label_map=label_map)
     task_dict = make_task(source, task, structures) if isinstance(task, str) else dict(task)
@@ -121,41 +120,30 @@ def prepare_dataset(
     bare = dataclasses.replace(source, cases=())
     selected = None if channels is None else tuple(chosen)
 
-    old = None
-    try:
-        with atomic_dir(out) as tmp:
-            parts = tmp / "parts"
-            parts.mkdir()
-            jobs = [_Job(i, bare, case, selected, task_dict, allowed, size, dtype, keep_empty, parts)
-                    for i, case in enumerate(cases)]
-            results = list(_run(jobs, workers, progress))
-            entries = _assemble(tmp, results, len(chosen), size, dtype, progress)
-            shutil.rmtree(parts)
-            write_splits(tmp, splits)
-            write_json(tmp / PREPARED_FILE, {
-                "format_version": FORMAT_VERSION,
-                "jnet_version": __version__,
-                "layout": source.layout,
-                "source": str(source.root),
-                "edition": source.edition,
-                "task": task_dict,
-                "channels": list(chosen),
-                "size": size,
-                "dtype": dtype,
-                "normalisation": dict(NORMALISATION),
-                "keep_empty": bool(keep_empty),
-                "n_slices": sum(e["count"] for e in entries),
-                "cases": entries,
-            })
-            if replace:
-                old = _move_aside(out)  # atomic_dir renames the new cache onto out right after
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)  # put the previous cache back
-            old.rmdir()
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:  # replaces an old cache only once the new one is complete
+        parts = tmp / "parts"
+        parts.mkdir()
+        jobs = [_Job(i, bare, case, selected, task_dict, allowed, size, dtype, keep_empty, parts)
+                for i, case in enumerate(cases)]
+        results = list(_run(jobs, workers, progress))
+        entries = _assemble(tmp, results, len(chosen), size, dtype, progress)
+        shutil.rmtree(parts)
+        write_splits(tmp, splits)
+        write_json(tmp / PREPARED_FILE, {
+            "format_version": FORMAT_VERSION,
+            "jnet_version": __version__,
+            "layout": source.layout,
+            "source": str(source.root),
+            "edition": source.edition,
+            "task": task_dict,
+            "channels": list(chosen),
+            "size": size,
+            "dtype": dtype,
+            "normalisation": dict(NORMALISATION),
+            "keep_empty": bool(keep_empty),
+            "n_slices": sum(e["count"] for e in entries),
+            "cases": entries,
+        })
     return out
 
 
@@ -168,35 +156,13 @@ def _check_options(size: int, dtype: str, workers: int) -> None:
         raise ConfigError(f"workers: expected an integer >= 1, found {workers!r}")
 
 
-def _check_target(out: Path, src: Path, overwrite: bool) -> bool:
-    """Decide whether ``out`` may be written: True if an existing directory must be replaced."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise DataError(f"{out}: output exists and is not a directory; choose another output path")
-    if not any(out.iterdir()):
-        return True  # an empty directory holds nothing to lose
-    if not overwrite:
-        raise DataError(f"{out}: output directory already exists; pass --overwrite to replace the cache")
-    if not (out / PREPARED_FILE).is_file():
-        raise DataError(
-            f"{out}: exists and is not a jnet slice cache (no {PREPARED_FILE}); refusing to replace "
-            "it; choose another output directory"
-        )
+def _check_target(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that may not be replaced (:func:`jnet.utils.atomic.claim_dir`), or that
+    holds the dataset itself."""
+    if not claim_dir(out, overwrite, marker=PREPARED_FILE, what="jnet slice cache"):
+        return
     if src.resolve() == out.resolve() or out.resolve() in src.resolve().parents:
         raise DataError(f"{out}: the dataset {src} lies inside the output directory; refusing to replace it")
-    return True
-
-
-def _move_aside(out: Path) -> Path | None:
-    """Move the existing ``out`` into a hidden folder beside it (None if it was an empty folder,
-    which is simply removed); the caller deletes it once the new cache is in place."""
-    if not any(out.iterdir()):
-        out.rmdir()
-        return None
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / out.name)
-    return old
 
 
 def _choose_channels(source: Any, channels: Sequence[str] | None) -> list[str]:
@@ -247,8 +213,7 @@ def _prepare_case(job: _Job) -> dict:
 
     Returns the case's prepared.json entry (without ``start``) plus the part file names."""
     from jnet.sources.registry import load_case
-    from jnet.transforms.slicing import (image_to_slices, label_to_slices, normalise, slice_axis,
-                                      slice_spacing)
+    from jnet.transforms.slicing import image_slices, label_to_slices, slice_spacing
     from jnet.transforms.tasks import encode_label
 
     case = job.case
@@ -262,13 +227,12 @@ def _prepare_case(job: _Job) -> dict:
             f"{tuple(label.shape)} differ ({_label_file(case)})"
         )
     _check_label_values(label, job.allowed, case)
-    axis = slice_axis(loaded.affine)
     shape = [int(v) for v in label.shape]
     affine = np.asarray(loaded.affine, dtype=np.float64)
     spacing = [float(v) for v in loaded.spacing]
-    image = normalise(loaded.image, name=f"case {case.case_id}")
-    del loaded  # keep at most one copy of the volume
-    images = image_to_slices(image, axis, job.size)
+    image = loaded.image
+    del loaded  # keep at most one reference to the volume
+    images, axis = image_slices(image, affine, job.size, name=f"case {case.case_id}")
     del image
     labels = label_to_slices(encode_label(label, job.task), axis, job.size)
     keep = np.ones(len(labels), bool) if job.keep_empty else labels.reshape(len(labels), -1).any(1)

@@ -4,8 +4,9 @@ Written by ``jnet.cache.build``, read by ``jnet.cache.reader``; see ``docs/desig
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from jnet.errors import DataError
 
@@ -46,3 +47,46 @@ def check_meta(meta: Any, path: Path) -> None:
     if problems:
         raise DataError(f"{path}: corrupt slice cache: {'; '.join(problems)}; re-run `jnet data prepare`")
 
+
+def same_channels(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Channel lists match: the same names (case-insensitive) in the same order."""
+    return [str(c).lower() for c in a] == [str(c).lower() for c in b]
+
+
+def check_compatible(model: Mapping[str, Any], prepared: Mapping[str, Any], root: str | Path) -> None:
+    """Refuse a model whose input channels, task or training cache size differ from a cache's.
+
+    The one model-vs-cache rule (evaluation, INT8 calibration): channels by :func:`same_channels`;
+    tasks by kind, classes and output names (the source label values may differ between datasets,
+    e.g. BraTS editions); the cache size ``S`` the model was trained on (when ``model`` names one).
+    A different normalisation method only warns.
+
+    Args:
+        model: the checkpoint info or model metadata (``channels``, ``task``, ``size``,
+            ``normalisation``).
+        prepared: the cache's prepared.json.
+        root: the cache directory (named in the error).
+
+    Raises:
+        DataError: naming the prepared.json and both values.
+    """
+    where = Path(root) / PREPARED_FILE
+    model_ch = [str(c) for c in model.get("channels", [])]
+    data_ch = [str(c) for c in prepared["channels"]]
+    if not same_channels(model_ch, data_ch):
+        raise DataError(f"{where}: channels {data_ch} do not match the model's input channels {model_ch}; "
+                        "use a cache prepared with the same channels in the same order")
+    mt, dt = model.get("task") or {}, prepared["task"]
+    key = ("kind", "classes", "names")
+    if tuple(mt.get(k) for k in key) != tuple(dt.get(k) for k in key):
+        raise DataError(f"{where}: task {dt.get('kind')} {dt.get('names')} does not match the model's task "
+                        f"{mt.get('kind')} {mt.get('names')}")
+    size = model.get("size")
+    if size is not None and int(prepared["size"]) != int(size):
+        raise DataError(f"{where}: size {prepared['size']} does not match the cache size the model was "
+                        f"trained on ({size}); prepare the data at size {size}")
+    model_norm = (model.get("normalisation") or {}).get("method")
+    data_norm = (prepared.get("normalisation") or {}).get("method")
+    if model_norm and data_norm and model_norm != data_norm:
+        warnings.warn(f"{where}: normalisation {data_norm!r} differs from the model's {model_norm!r}",
+                      stacklevel=3)

@@ -139,8 +139,7 @@ def preprocess(image: np.ndarray, affine: np.ndarray, meta: ModelMeta,
     if method != pre.NORMALISATION["method"]:
         raise DataError(f"{source}: the model was trained with normalisation {method!r}; this jnet "
                         f"implements {pre.NORMALISATION['method']!r} only")
-    axis = pre.slice_axis(affine)
-    slices = pre.image_to_slices(pre.normalise(image, name=source), axis, meta.size)
+    slices, axis = pre.image_slices(image, affine, meta.size, name=source)
     low = lowres.downsample(torch.from_numpy(slices), meta.in_size, mode=str(meta.downsample))
     return np.ascontiguousarray(low.numpy(), dtype=np.float32), axis
 

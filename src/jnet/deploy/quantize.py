@@ -1,7 +1,7 @@
 """INT8 models with ONNX Runtime static quantization, behind an accuracy gate.
 
 Calibration runs the FP32 graph on low-resolution slices of a prepared slice cache (train rows of
-a fold, made with ``pairs.downsample`` exactly as in training) to fix the activation ranges; the
+a fold, made with ``jnet.transforms.lowres.downsample`` exactly as in training) to fix the activation ranges; the
 result is a QDQ graph (QuantizeLinear/DequantizeLinear around each quantized op), per-channel
 weights. The gate then segments the fold's validation rows with both models: the INT8 Jaccard
 must be within :data:`MAX_JACCARD_LOSS` points of the FP32 Jaccard, or nothing is written.
@@ -17,8 +17,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from jnet.errors import DataError, ExportError
+from jnet.cache.reader import SliceDataset, open_prepared
+from jnet.cache.schema import check_compatible
 from jnet.deploy.runtime import INPUT_NAME, ModelMeta, make_session
+from jnet.errors import DataError, ExportError
 
 MAX_JACCARD_LOSS = 1.0  # Jaccard points (0..100) INT8 may lose against FP32
 N_CALIB = 64  # calibration slices: enough for stable min/max on our small bodies
@@ -58,22 +60,12 @@ class PreparedSlices:
 
     def __init__(self, root: str | os.PathLike, meta: ModelMeta, fold: int = 0,
                  n_calib: int = N_CALIB, n_gate: int = N_GATE) -> None:
-        from jnet.cache.reader import open_prepared
-
         self.root, self.meta, self.fold = Path(root), meta, fold
         self.n_calib, self.n_gate = n_calib, n_gate
         self.prepared = open_prepared(self.root)
-        channels, size = list(self.prepared.channels), int(self.prepared.size)
-        if channels != list(meta.channels):
-            raise DataError(f"{self.root}/prepared.json: channels {channels}, but the model was "
-                            f"trained on {meta.channels}")
-        if size != meta.size:
-            raise DataError(f"{self.root}/prepared.json: size {size}, but the model was trained on "
-                            f"a cache of size {meta.size}; prepare the data at size {meta.size}")
+        check_compatible(asdict(meta), self.prepared.meta, self.root)
 
     def _rows(self, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        from jnet.cache.reader import SliceDataset
-
         dataset = SliceDataset(self.prepared, split, fold=self.fold, in_size=self.meta.in_size,
                                downsample=str(self.meta.downsample), augment=False)
         if len(dataset) == 0:

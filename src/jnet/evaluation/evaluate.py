@@ -3,7 +3,7 @@ overlay PNGs.
 
 Every number is computed at the cache size ``S`` (the high-resolution grid): the model sees the
 low-resolution input that training saw (``info["downsample"]``, through the dataset and
-``pairs.downsample``), and a model whose eval output is smaller than ``S`` (a plain base at ``s``)
+``jnet.transforms.lowres.downsample``), and a model whose eval output is smaller than ``S`` (a plain base at ``s``)
 gets its logits upsampled bilinearly to ``S`` first, which is recorded. Metrics are per slice (2D)
 and per case (the case's slices restacked into a volume), per structure, with the empty-mask policy
 of :mod:`jnet.evaluation.metrics` (which also restacks volumes). ``native=True`` adds the same metrics on each
@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,11 +25,12 @@ import numpy as np
 import torch
 
 from jnet import __version__
-
-from jnet.transforms import tasks
-from jnet.errors import DataError
-from jnet.utils.atomic import write_json, write_text
+from jnet.cache.reader import SliceDataset, make_loader, open_prepared
+from jnet.cache.schema import check_compatible
+from jnet.errors import ConfigError, DataError
 from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector
+from jnet.transforms import tasks
+from jnet.utils.atomic import swap_dir, write_json, write_text
 
 SPLITS = ("test", "val", "train", "all")
 RESULT_FILES = ("metrics.json", "per_case.csv", "per_slice.csv", "overlays")
@@ -43,43 +43,6 @@ def _check_spacing(manifest: dict, path: Path) -> None:
     if lacking:
         raise DataError(f"{path}: cases without a 3-value 'spacing' (mm), needed for HD95: "
                         f"{', '.join(lacking[:10])}{' ...' if len(lacking) > 10 else ''}")
-
-
-def check_compatible(info: dict, manifest: dict, prepared_dir: str | os.PathLike) -> None:
-    """Refuse a model whose input channels or task differ from the prepared set's.
-
-    Channel names are compared case-insensitively and in order; tasks by kind, classes and output
-    names (the source label values may differ between datasets, e.g. BraTS editions). A different
-    normalisation method only warns.
-
-    Args:
-        info: the checkpoint info (``channels``, ``task``, ``normalisation``).
-        manifest: the cache's prepared.json.
-        prepared_dir: the cache directory (named in the error).
-
-    Raises:
-        DataError: naming the prepared.json and both channel lists or tasks.
-    """
-    where = Path(prepared_dir) / "prepared.json"
-    model_ch = [str(c) for c in info.get("channels", [])]
-    data_ch = [str(c) for c in manifest["channels"]]
-    if [c.lower() for c in model_ch] != [c.lower() for c in data_ch]:
-        raise DataError(
-            f"{where}: channels {data_ch} do not match the model's input channels {model_ch}; "
-            "evaluate on a set prepared with the same channels in the same order"
-        )
-    mt, dt = info.get("task", {}), manifest["task"]
-    key = ("kind", "classes", "names")
-    if tuple(mt.get(k) for k in key) != tuple(dt.get(k) for k in key):
-        raise DataError(
-            f"{where}: task {dt.get('kind')} {dt.get('names')} does not match the model's task "
-            f"{mt.get('kind')} {mt.get('names')}"
-        )
-    model_norm = (info.get("normalisation") or {}).get("method")
-    data_norm = (manifest.get("normalisation") or {}).get("method")
-    if model_norm and data_norm and model_norm != data_norm:
-        warnings.warn(f"{where}: normalisation {data_norm!r} differs from the model's {model_norm!r}",
-                      stacklevel=3)
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -134,14 +97,11 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from jnet.errors import ConfigError
 
     if split not in SPLITS:
         raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, found {split!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
-    from jnet.cache.reader import SliceDataset, make_loader, open_prepared
-
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     prepared = open_prepared(prepared_dir)
     manifest = prepared.meta
@@ -217,7 +177,7 @@ def evaluate(
     _write_csv(out_dir / "per_slice.csv", collector.slice_rows)
     _write_csv(out_dir / "per_case.csv", _case_columns(collector.case_rows, names))
     with _writing(out_dir / "overlays"):
-        _swap_dir(staged, out_dir / "overlays")
+        swap_dir(staged, out_dir / "overlays")
     with _writing(out_dir / "metrics.json"):
         write_json(out_dir / "metrics.json", _jsonable(result))  # last: marks a complete evaluation
     return _jsonable(result)
@@ -286,19 +246,6 @@ def _render_overlays(out_dir: Path, model, dataset, collector: MetricsCollector,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
-
-
-def _swap_dir(new: Path | None, target: Path) -> None:
-    """Put ``new`` (or nothing) at ``target``, removing what was there."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    if new is not None:
-        os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _nan_low(x: float) -> float:

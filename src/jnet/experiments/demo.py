@@ -10,14 +10,12 @@ The two presets differ only in size (cases, grid, epochs); the sweep they run is
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import yaml
 
-from jnet.errors import DataError
-from jnet.utils.atomic import write_text
+from jnet.utils.atomic import claim_dir, swap_dir, write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
 # input, BCE + Dice at every scale against class imbalance, AdamW + cosine), small enough for a CPU.
@@ -70,7 +68,9 @@ def run_demo(out: str | Path = "jnet-demo", *, quick: bool = False, overwrite: b
     from jnet.experiments.sweep import make_cells, run_cells, write_results
 
     out = Path(out)
-    _claim(out, overwrite)
+    if claim_dir(out, overwrite, marker="sweep.yaml", what="jnet demo folder"):
+        swap_dir(None, out)
+    out.mkdir(parents=True, exist_ok=True)
     preset = PRESETS["quick" if quick else "full"]
     started = time.perf_counter()
     timings = {}
@@ -111,17 +111,6 @@ def run_demo(out: str | Path = "jnet-demo", *, quick: bool = False, overwrite: b
     report = write_results(out / "sweep", rows, sweep, cells)
     _finish_report(out, report, best, onnx_path, volume, records, timings, quick)
     return out / "report.md"
-
-
-def _claim(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out}: the demo folder exists and is not empty; pass --overwrite to "
-                            f"replace it or choose another --out")
-        if not (out / "sweep.yaml").exists():
-            raise DataError(f"{out}: not a jnet demo folder (no sweep.yaml); refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _best_jnet(rows: list[dict]) -> str:

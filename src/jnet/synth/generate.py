@@ -18,7 +18,6 @@ The anatomy lives in ``synth_prostate`` and ``synth_brain``, the shared geometry
 from __future__ import annotations
 
 import os
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ import numpy as np
 
 from jnet.synth.brain import brats_case
 from jnet.synth.prostate import prostate_case
-from jnet.errors import ConfigError, DataError
-from jnet.utils.atomic import atomic_dir, atomic_write, write_json
+from jnet.errors import ConfigError
+from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
 
 __all__ = ["synthesize", "prostate_case", "brats_case", "nifti_bytes", "KINDS", "DEFAULTS"]
 
@@ -184,18 +183,11 @@ def synthesize(
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ConfigError(f"{field}: expected an integer >= {low}, found {value!r}")
     out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise DataError(f"{out}: already exists and is not an empty folder; pass --overwrite to replace it")
-    target = out if not out.exists() else out.parent / f".{out.name}.new-{os.getpid()}"
-    with atomic_dir(target) as tmp:
+    claim_dir(out, overwrite, what="synthetic dataset folder")
+    with atomic_dir(out) as tmp:  # replaces an old folder only once the new one is complete
         jobs = _jobs(kind, tmp, cases, seed, size, slices)
         with tqdm(total=len(jobs), desc=f"synth {kind}", unit="case", disable=not progress) as bar:
             _run(jobs, auto_workers(jobs) if workers is None else workers, bar)
         if kind == "prostate":
             _write_manifest(tmp, cases, seed)
-    if target != out:  # replace the old folder only once the new one is complete
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(target, out)
-        shutil.rmtree(old)
     return out

@@ -9,6 +9,8 @@ A volume goes through three steps, and a prediction comes back through the inver
    every slice to the square ``S x S`` grid of the cache.
 4. :func:`slices_to_volume` maps ``S x S`` predictions back onto the volume's own voxel grid.
 
+:func:`image_slices` is steps 1-3 for an image: the one input chain of the cache and of prediction.
+
 Slices keep the voxel order of the file: the two in-plane axes stay in their original order (the
 first becomes the rows) and nothing is flipped or transposed, so the inverse is exact.
 """
@@ -92,6 +94,19 @@ def normalise(image: np.ndarray, name: str = "image") -> np.ndarray:
             continue
         out[c][mask] = ((values - values.mean()) / std).astype(np.float32)
     return out
+
+
+def image_slices(image: np.ndarray, affine: np.ndarray, size: int,
+                 name: str = "image") -> tuple[np.ndarray, int]:
+    """The input chain shared by the cache and prediction: slice axis, normalisation, ``S`` grid.
+
+    Returns:
+        ``(slices, axis)``. Shape: ``image (C, X, Y, Z)`` -> ``slices (n, C, size, size)`` float32.
+    Raises:
+        DataError: naming ``name``, for a constant or non-finite channel (see :func:`normalise`).
+    """
+    axis = slice_axis(affine)
+    return image_to_slices(normalise(image, name=name), axis, size), axis
 
 
 def image_to_slices(image: ArrayT, axis: int, size: int) -> ArrayT:
