@@ -5,7 +5,7 @@ high-resolution ground truth (``S x S``):
 
 - an output at ``S``: the ground truth itself;
 - the lowest output, if smaller than ``S`` (``lowres_target``): ``nearest`` (the published way:
-  hard labels; the same pixel rule as ``pairs.downsample(mode="nearest")``, torch's
+  hard labels; the same pixel rule as ``jnet.transforms.lowres.downsample(mode="nearest")``, torch's
   ``"nearest-exact"``) or ``area`` (soft targets: the fraction of each coarse pixel a structure
   covers);
 - intermediate outputs (``mid_target``): ``bilinear`` (published, soft targets) or ``area``.
