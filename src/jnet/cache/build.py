@@ -33,6 +33,7 @@ from jnet import __version__
 from jnet.cache.schema import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
 from jnet.errors import ConfigError, DataError
 from jnet.utils.atomic import atomic_dir, claim_dir, write_json
+from jnet.utils.options import choose
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,7 @@ def prepare_dataset(
 def _check_options(size: int, dtype: str, workers: int) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"data.size: expected a positive integer (e.g. 256), found {size!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"data.dtype: expected one of {', '.join(DTYPES)}, found {dtype!r}")
+    choose(dtype, DTYPES, "data.dtype")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers: expected an integer >= 1, found {workers!r}")
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from jnet.errors import ConfigError, DataError
 from jnet.utils.atomic import write_json
+from jnet.utils.options import choose
 
 SPLITS_FILE = "splits.json"
 SPLIT_NAMES = ("train", "val", "test", "all")
@@ -189,8 +190,7 @@ def check_splits(splits: Any, path: str | os.PathLike = SPLITS_FILE) -> None:
 
 def split_cases(splits: Mapping[str, Any], split: str, fold: int = 0) -> list[str] | None:
     """The case ids of ``split`` in ``fold`` (None for ``"all"``)."""
-    if split not in SPLIT_NAMES:
-        raise ConfigError(f"split: unknown value {split!r}; expected one of {', '.join(SPLIT_NAMES)}")
+    choose(split, SPLIT_NAMES, "split")
     if split == "all":
         return None
     if split == "test":

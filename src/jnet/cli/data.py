@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from jnet.cli import comma_list
+from jnet.sources.types import TASK_KINDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="dataset folder")
     p.add_argument("--out", required=True, metavar="DIR", help="cache directory to create")
     _source_options(p)
-    p.add_argument("--task", choices=("binary", "multiclass", "regions"), default="binary",
+    p.add_argument("--task", choices=TASK_KINDS, default="binary",
                    help="what the model predicts (default binary: all labels > 0)")
     p.add_argument("--structures", type=comma_list, default=None, metavar="A,B",
                    help="label or region names to keep (e.g. PZ or WT,TC,ET)")

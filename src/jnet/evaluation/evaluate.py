@@ -31,6 +31,7 @@ from jnet.errors import ConfigError, DataError
 from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector
 from jnet.transforms import tasks
 from jnet.utils.atomic import swap_dir, write_json, write_text
+from jnet.utils.options import choose
 
 SPLITS = ("test", "val", "train", "all")
 RESULT_FILES = ("metrics.json", "per_case.csv", "per_slice.csv", "overlays")
@@ -98,8 +99,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
 
-    if split not in SPLITS:
-        raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, found {split!r}")
+    choose(split, SPLITS, "split")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from jnet.errors import ConfigError
-from jnet.models.blocks import DoubleConv, UpSample, check_bottleneck_norm, group_count, tracing
+from jnet.models.blocks import NORMS, DoubleConv, UpSample, check_bottleneck_norm, group_count, tracing
+from jnet.utils.options import choose, unknown
 
 VARIANTS = ("clean", "faithful")
 DEFAULT_VARIANT = "clean"
@@ -77,9 +78,7 @@ class ELUNet(nn.Module):
     def __init__(self, in_channels: int, classes: int, width: int = 16, depth: int = 4,
                  norm: str = "batch", variant: str = DEFAULT_VARIANT) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ConfigError(f"model.variant: unknown value {variant!r}; expected one of "
-                              f"{', '.join(VARIANTS)}")
+        choose(variant, VARIANTS, "model.variant")
         if depth < 1:
             raise ConfigError(f"model.depth: expected an integer >= 1, found {depth}")
         self.in_channels, self.classes, self.width = in_channels, classes, width
@@ -120,7 +119,7 @@ def _monai_norm(norm: str, channels: int) -> str | tuple:
         return ("instance", {"affine": True})
     if norm == "group":
         return ("group", {"num_groups": group_count(channels)})
-    raise ConfigError(f"model.norm: unknown value {norm!r}; expected one of batch, instance, group")
+    raise ConfigError(unknown("model.norm", norm, NORMS))
 
 
 class MonaiBase(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from jnet.errors import ConfigError
+from jnet.utils.options import unknown
 
 NORMS = ("batch", "instance", "group")
 
@@ -37,7 +38,7 @@ def make_norm(norm: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=True)
     if norm == "group":
         return nn.GroupNorm(group_count(channels), channels)
-    raise ConfigError(f"model.norm: unknown value {norm!r}; expected one of {', '.join(NORMS)}")
+    raise ConfigError(unknown("model.norm", norm, NORMS))
 
 
 def check_bottleneck_norm(norm: str, bottleneck: int, batch: int, training: bool) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from jnet.errors import ConfigError
 from jnet.models.blocks import conv3x3, up2x, upsample_bilinear
+from jnet.utils.options import choose
 
 MAX_STAGES = 5
 
@@ -129,6 +130,4 @@ HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead}
 
 def build_head(name: str, classes: int, k: int, skips: bool = True) -> nn.Module:
     """The head registered as ``name`` in :data:`HEADS`."""
-    if name not in HEADS:
-        raise ConfigError(f"model.head: unknown value {name!r}; expected one of {', '.join(HEADS)}")
-    return HEADS[name](classes, k, skips)
+    return HEADS[choose(name, HEADS, "model.head")](classes, k, skips)

@@ -6,7 +6,6 @@ eval mode one tensor ``(B, classes, out_size, out_size)``.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -17,6 +16,7 @@ from jnet.errors import ConfigError
 from jnet.models.bases import BASES, DEFAULT_VARIANT, VARIANTS
 from jnet.models.blocks import NORMS, tracing, upsample_bilinear
 from jnet.models.heads import HEADS, MAX_STAGES, build_head
+from jnet.utils.options import choose, unknown
 
 ARCHS = ("jnet", "baseline", "base")
 TRAIN_AT = ("input", "output")
@@ -119,9 +119,7 @@ class Baseline(nn.Module):
         if _stages(in_size, out_size) is None:
             raise ConfigError(f"model.out_size: {out_size} is not in_size*2^K with K >= 0 "
                               f"(in_size {in_size})")
-        if train_at not in TRAIN_AT:
-            raise ConfigError(f"model.train_at: unknown value {train_at!r}; expected one of "
-                              f"{', '.join(TRAIN_AT)}")
+        choose(train_at, TRAIN_AT, "model.train_at")
         self.base = base
         self.in_channels = in_channels if in_channels is not None else base.in_channels
         self.classes = classes if classes is not None else base.classes
@@ -142,12 +140,6 @@ class Baseline(nn.Module):
 
 
 # --- the factory --------------------------------------------------------------------------------
-
-
-def _closest(value: Any, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"expected one of {', '.join(valid)}{hint}"
 
 
 def _powers(start: int, ks: range) -> list[int]:
@@ -210,14 +202,13 @@ def resolve_config(**config: Any) -> dict[str, Any]:
             nearest valid values.
     """
     problems = []
-    unknown = sorted(set(config) - set(DEFAULTS))
-    for key in unknown:
-        problems.append(f"model.{key}: unknown field; {_closest(key, list(DEFAULTS))}")
+    for key in sorted(set(config) - set(DEFAULTS)):
+        problems.append(unknown(f"model.{key}", key, DEFAULTS, "field"))
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS and v is not None}}
     for key, valid in (("arch", ARCHS), ("base", tuple(BASES)), ("variant", VARIANTS),
                        ("norm", NORMS), ("head", HEADS), ("train_at", TRAIN_AT)):
         if cfg[key] not in valid:
-            problems.append(f"model.{key}: unknown value {cfg[key]!r}; {_closest(cfg[key], valid)}")
+            problems.append(unknown(f"model.{key}", cfg[key], valid))
     for key in ("width", "depth", "in_channels", "classes", "in_size", "out_size"):
         value = cfg[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -7,9 +7,9 @@ import re
 from typing import Sequence
 
 from jnet.errors import ConfigError
-from jnet.sources.types import DatasetSource
+from jnet.sources.types import TASK_KINDS, DatasetSource
+from jnet.utils.options import choose
 
-TASK_KINDS = ("binary", "multiclass", "regions")
 
 #: Overlapping tumour regions per (layout, edition): region name -> source label values.
 #: The one place that defines them (BraTS: 1 NCR, 2 ED, 4 ET up to 2021, ET = 3 from 2023;
@@ -80,8 +80,7 @@ def make_task(source: DatasetSource, kind: str, structures: Sequence[str] | None
     Raises:
         ConfigError: unknown kind or structure names (listing the valid ones), or no regions.
     """
-    if kind not in TASK_KINDS:
-        raise ConfigError(f"task: unknown kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+    choose(kind, TASK_KINDS, "task", "kind")
     fg = {v: n for v, n in sorted(source.labels.items()) if v != 0}
     if not fg:
         raise ConfigError(f"task: {source.root} declares no foreground labels ({source.labels})")

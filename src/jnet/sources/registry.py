@@ -14,12 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jnet.errors import ConfigError, DataError
+from jnet.errors import DataError
 from jnet.sources import brats, msd, png
 from jnet.sources.common import Collector, Problem, check_label_map, mapped_label_names
 from jnet.sources.types import Case, DatasetSource, LoadedCase
+from jnet.utils.options import choose
 
-LAYOUTS = ("msd", "brats", "png")
+#: One reader module per layout (``scan``, ``read_case``), by ``--format`` name.
+READERS = {"msd": msd, "brats": brats, "png": png}
+LAYOUTS = tuple(READERS)
 
 
 # ------------------------------------------------------------------ discovery
@@ -64,8 +67,8 @@ def scan(
     root = Path(src).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found" if not root.exists() else f"{root}: not a folder")
-    if format is not None and format not in LAYOUTS:
-        raise ConfigError(f"format: unknown layout {format!r}; expected one of {', '.join(LAYOUTS)}")
+    if format is not None:
+        choose(format, LAYOUTS, "format", "layout")
     label_map = check_label_map(label_map)
     layout = format or detect_layout(root)
     if layout == "msd":
@@ -150,10 +153,7 @@ def read_case(
     source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Collector
 ) -> LoadedCase | None:
     """Read one case through ``report`` (strict: raise; collect: return None after problems)."""
-    reader = {"msd": msd.read_case, "brats": brats.read_case, "png": png.read_case}
-    if source.layout not in reader:
-        raise ConfigError(f"layout: unknown value {source.layout!r}; expected one of {', '.join(LAYOUTS)}")
-    return reader[source.layout](source, case, channels, report)
+    return READERS[choose(source.layout, READERS, "layout")].read_case(source, case, channels, report)
 
 
 def load_case(source: DatasetSource, case: Case, channels: Sequence[str] | None = None) -> LoadedCase:

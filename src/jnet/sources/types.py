@@ -1,14 +1,20 @@
-"""The types every layout reader shares: a :class:`Case` on disk, a discovered :class:`DatasetSource`
-and a :class:`LoadedCase` in memory. A leaf: it imports no other jnet module but the errors.
+"""The types every stage shares: a :class:`Case` on disk, a discovered :class:`DatasetSource`, a
+:class:`LoadedCase` in memory, and the task kinds (:data:`TASK_KINDS`, listed only here). A leaf: it
+imports no other jnet module but the errors, and nothing heavy (the CLI reads it for ``--help``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jnet.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: What a model predicts (see ``jnet.transforms.tasks``): the one list of task kinds.
+TASK_KINDS = ("binary", "multiclass", "regions")
 
 
 @dataclass(frozen=True)

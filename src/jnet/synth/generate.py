@@ -28,6 +28,7 @@ from jnet.synth.brain import brats_case
 from jnet.synth.prostate import prostate_case
 from jnet.errors import ConfigError
 from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
+from jnet.utils.options import choose
 
 __all__ = ["synthesize", "prostate_case", "brats_case", "nifti_bytes", "KINDS", "DEFAULTS"]
 
@@ -174,8 +175,7 @@ def synthesize(
     """
     from tqdm.auto import tqdm
 
-    if kind not in KINDS:
-        raise ConfigError(f"kind: unknown value {kind!r}; expected one of {', '.join(KINDS)}")
+    choose(kind, KINDS, "kind")
     cases = DEFAULTS[kind]["cases"] if cases is None else cases
     slices = DEFAULTS[kind]["slices"] if slices is None else slices
     limits = (("cases", cases, 1), ("size", size, 16), ("slices", slices, 2), ("workers", workers, 1))

@@ -16,7 +16,6 @@ The ``model`` section is passed to ``jnet.build_model`` as is; it validates its 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -27,6 +26,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 import yaml
 
 from jnet.errors import ConfigError
+from jnet.sources.types import TASK_KINDS
+from jnet.utils.options import closest, unknown
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class DataConfig:
     """Which prepared slice cache to train on, and how to simulate the low-resolution input."""
 
     path: Optional[str] = None  # the slice cache of `jnet data prepare`; configs leave it unset
-    task: Optional[Literal["binary", "multiclass", "regions"]] = None  # checked against the cache
+    task: Optional[Literal[TASK_KINDS]] = None  # checked against the cache
     channels: Optional[tuple[str, ...]] = None  # checked against the cache's channel names
     fold: int = 0
     downsample: Literal["area", "nearest", "gaussian"] = "area"
@@ -212,13 +213,10 @@ def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def suggest(name: str, valid: Sequence[str]) -> str:
-    """A hint for an unknown name: the closest valid name, else the list of valid ones."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    close = close or [v for v in valid if name and (name in v or v in name)]
-    close = close or difflib.get_close_matches(name, list(valid), n=1, cutoff=0.4)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"valid keys: {', '.join(valid)}"
+    """A hint for an unknown key: the closest valid one (:func:`jnet.utils.options.closest`), else
+    the list of valid ones."""
+    near = closest(name, valid)
+    return f"did you mean {near!r}?" if near is not None else f"valid keys: {', '.join(valid)}"
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -279,10 +277,7 @@ def _check(value: Any, hint: Any, name: str, source: str) -> Any:
             value = str(value)
         if value in choices:
             return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
-        hint_text = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{source}: {name}: expected one of {', '.join(map(str, choices))}, "
-                          f"found {value!r}{hint_text}")
+        raise ConfigError(f"{source}: {unknown(name, value, choices)}")
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

@@ -25,6 +25,7 @@ from torch import nn
 
 from jnet.errors import ConfigError, DataError
 from jnet.transforms.tasks import check_kind
+from jnet.utils.options import choose
 
 LOWRES_TARGETS = ("nearest", "area")
 MID_TARGETS = ("bilinear", "area")
@@ -33,9 +34,7 @@ _MODES = {"nearest": "nearest-exact", "area": "area", "bilinear": "bilinear"}
 
 
 def _choice(field: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ConfigError(f"loss.{field}: unknown value {value!r}; expected one of {', '.join(valid)}")
-    return value
+    return choose(value, valid, f"loss.{field}")
 
 
 class MultiScaleLoss(nn.Module):

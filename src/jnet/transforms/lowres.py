@@ -24,17 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from jnet.errors import ConfigError
+from jnet.utils.options import choose
 
 DOWNSAMPLE_MODES = ("area", "nearest", "gaussian")
 
 
 def check_mode(mode: str) -> str:
     """Return ``mode`` if it is a valid ``data.downsample`` value, else raise ConfigError."""
-    if mode not in DOWNSAMPLE_MODES:
-        raise ConfigError(
-            f"data.downsample: unknown mode {mode!r}; expected one of {', '.join(DOWNSAMPLE_MODES)}"
-        )
-    return mode
+    return choose(mode, DOWNSAMPLE_MODES, "data.downsample", "mode")
 
 
 def downsample(x: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:

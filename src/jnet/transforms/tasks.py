@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import torch
 
-KINDS = ("binary", "multiclass", "regions")
+from jnet.sources.types import TASK_KINDS as KINDS
+from jnet.utils.options import choose
 
 
 def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        from jnet.errors import ConfigError
-
-        raise ConfigError(f"task kind: unknown value {kind!r}; expected one of {', '.join(KINDS)}")
-    return kind
+    return choose(kind, KINDS, "task kind")
 
 
 def target_from_label(label: torch.Tensor, kind: str, classes: int) -> torch.Tensor:

@@ -1,0 +1,26 @@
+"""The one option look-up: every unknown choice gets the same message and did-you-mean rule."""
+from __future__ import annotations
+
+import pytest
+
+from jnet.errors import ConfigError
+from jnet.models.heads import HEADS
+from jnet.utils.options import choose, closest, unknown
+
+
+def test_choose_returns_a_valid_value_and_accepts_a_registry_dict():
+    assert choose("area", ("area", "nearest"), "data.downsample") == "area"
+    assert choose("chain", HEADS, "model.head") == "chain"
+
+
+def test_one_message_for_every_unknown_choice():
+    with pytest.raises(ConfigError, match=r"^model\.head: unknown value 'papr'; expected one of paper, chain; "
+                                          r"did you mean 'paper'\?$"):
+        choose("papr", HEADS, "model.head")
+    assert unknown("format", "xyz", ("msd", "png"), "layout") == "format: unknown layout 'xyz'; expected one of msd, png"
+
+
+def test_closest_spelling_then_substring():
+    assert closest("adamm", ("adam", "adamw", "sgd")) == "adam"
+    assert closest("dice", ("weights", "dice_weight")) == "dice_weight"
+    assert closest("qqq", ("adam", "sgd")) is None
