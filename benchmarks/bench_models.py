@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from jnet.models import build_model, fold_head
 from jnet.experiments.profiling import count_macs, count_parameters
+from jnet.models import build_model, fold_head
 
 
 def out_size_for(s: int) -> int:

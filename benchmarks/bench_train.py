@@ -72,7 +72,7 @@ def bench_jnet(cache: Path, in_size: int, width: int, batch: int, steps: int, wa
     """Images/s of ``JNetModule`` trained by a Lightning Trainer on the prepared cache."""
     from jnet.training.config import config_from_dict
     from jnet.training.module import JNetModule
-    from jnet.training.run import _datamodule, read_prepared, resolve_config
+    from jnet.training.run import _datamodule, read_prepared, fill_from_cache
 
     size = int(json.loads((cache / "prepared.json").read_text())["size"])
     raw = {"data": {"path": str(cache), "downsample": "area"},
@@ -81,7 +81,7 @@ def bench_jnet(cache: Path, in_size: int, width: int, batch: int, steps: int, wa
                      "augment": "flip"}}
     config = config_from_dict(raw)
     root, prepared = read_prepared(config)
-    config = resolve_config(config, prepared, root)
+    config = fill_from_cache(config, prepared, root)
     module = JNetModule(config, prepared)
     data = _datamodule(config, root, in_size)
     if len(data.dataset("train")) < batch * (steps + warmup):

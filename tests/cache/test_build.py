@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from jnet.cache import build as prepare_module
-from jnet.transforms.slicing import image_to_slices, label_to_slices, normalise
 from jnet.cache.build import prepare_dataset
 from jnet.cache.splits import load_splits, make_splits, split_indices, write_splits
 from jnet.errors import ConfigError, DataError
+from jnet.transforms.slicing import image_to_slices, label_to_slices, normalise
 
 
 def write_msd(root: Path, volumes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],

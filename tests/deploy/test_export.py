@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from jnet.errors import DataError, ExportError
 from jnet.cli import main
 from jnet.deploy.export import convtranspose_as_conv, export_onnx, export_torchscript, onnx_bytes, read_metadata
-from jnet.models import build_model
 from jnet.deploy.quantize import quantize_model
 from jnet.deploy.runtime import ModelMeta
+from jnet.errors import DataError, ExportError
+from jnet.models import build_model
 
 S, SMALL = 64, 16
 BINARY = {"kind": "binary", "names": ["prostate"], "classes": 1, "labels": {"prostate": [1]}}

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from jnet.cli import main
-from jnet.errors import DataError
 from jnet.deploy.export import export_onnx, onnx_bytes
-from jnet.models import build_model
 from jnet.deploy.predict import STAGES, predict_paths
 from jnet.deploy.runtime import Predictor
+from jnet.errors import DataError
+from jnet.models import build_model
 
 S, SMALL = 64, 16
 # BraTS-like regions: the mask must come back in the dataset's own values 1, 2, 4.

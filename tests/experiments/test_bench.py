@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from jnet.experiments.bench import PeakRSS, expand_sizes, load_subject, markdown, parse_spec, run_bench
 from jnet.cli import main
-from jnet.errors import ConfigError
 from jnet.deploy.export import export_onnx
 from jnet.deploy.predict import STAGES
+from jnet.errors import ConfigError
+from jnet.experiments.bench import PeakRSS, expand_sizes, load_subject, markdown, parse_spec, run_bench
 
 # A tiny J-Net, 16 -> 64; threads=1 keeps the shared CI cores free.
 TINY = "jnet16:width=4,depth=2,out_size=64"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from jnet.models import build_model, fold_head
 from jnet.experiments.profiling import count_macs, count_parameters, macs_by_module
+from jnet.models import build_model, fold_head
 
 
 @pytest.mark.parametrize("meta", [True, False])

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from jnet.experiments import report
 from jnet.errors import ConfigError
+from jnet.experiments import report
 
 ROWS = [
     {"model": "baseline", "in_size": 16, "out_size": 64, "seed": s, "jaccard": j, "dice": j + 0.1,

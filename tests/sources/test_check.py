@@ -11,10 +11,10 @@ from conftest import save_nifti, tiny_case, write_msd_task
 from PIL import Image
 
 from jnet.cli import main
+from jnet.errors import DataError
 from jnet.sources.check import check_dataset
 from jnet.sources.registry import discover, load_case
 from jnet.sources.volume import load_volume
-from jnet.errors import DataError
 
 
 @pytest.fixture

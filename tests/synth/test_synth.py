@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from jnet.cli import main
+from jnet.errors import ConfigError, DataError
 from jnet.sources.labels import make_task
 from jnet.sources.registry import discover, load_case
 from jnet.synth.generate import brats_case, prostate_case, synthesize
-from jnet.errors import ConfigError, DataError
 
 
 def _files(root):

@@ -10,9 +10,9 @@ import lightning as L
 import pytest
 import torch
 
+from jnet.errors import CheckpointError
 from jnet.training.checkpoint import config_differences, load_model, make_info, read_checkpoint, save_weights
 from jnet.training.config import config_from_dict
-from jnet.errors import CheckpointError
 from conftest import tiny, write_cache
 
 PREPARED = {"task": {"kind": "binary", "names": ["prostate"], "classes": 1, "labels": {"prostate": [1]}},

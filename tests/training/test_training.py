@@ -22,8 +22,8 @@ import pytest
 import torch
 from conftest import TASKS, tiny, write_cache
 
-from jnet.training.config import config_from_dict, load_config
 from jnet.errors import ConfigError, DataError, JnetError
+from jnet.training.config import config_from_dict, load_config
 
 
 def last_state(run: Path) -> dict:
@@ -66,12 +66,12 @@ def reference_run(cache, tmp_path_factory) -> Path:
 def test_training_steps_lower_the_loss(tmp_path, kind, channels, model):
     from jnet.training.datamodule import PreparedDataModule
     from jnet.training.module import JNetModule, make_optimizer
-    from jnet.training.run import read_prepared, resolve_config
+    from jnet.training.run import read_prepared, fill_from_cache
 
     cache = write_cache(tmp_path / "cache", kind=kind, channels=channels)
     config = config_from_dict(tiny(cache, model, lr=3e-2, optimizer="adam"))
     root, prepared = read_prepared(config)
-    config = resolve_config(config, prepared, root)
+    config = fill_from_cache(config, prepared, root)
     assert config.model["in_channels"] == len(channels)
     assert config.model["classes"] == TASKS[kind]["classes"]
     torch.manual_seed(0)

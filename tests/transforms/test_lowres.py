@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jnet.transforms.lowres import DOWNSAMPLE_MODES, downsample
 from jnet.errors import ConfigError
+from jnet.transforms.lowres import DOWNSAMPLE_MODES, downsample
 
 X = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
 

@@ -31,7 +31,13 @@ import numpy as np
 
 from jnet import __version__
 from jnet.cache.schema import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
+from jnet.cache.splits import make_splits, write_splits
 from jnet.errors import ConfigError, DataError
+from jnet.sources.common import select_channels
+from jnet.sources.labels import make_task
+from jnet.sources.registry import discover, load_case
+from jnet.transforms.slicing import NORMALISATION, image_slices, label_to_slices, slice_spacing
+from jnet.transforms.tasks import encode_label
 from jnet.utils.atomic import atomic_dir, claim_dir, write_json
 from jnet.utils.options import choose
 
@@ -97,11 +103,6 @@ def prepare_dataset(
             an existing ``out`` that may not be replaced.
         ConfigError: bad options.
     """
-    from jnet.sources.labels import make_task
-    from jnet.sources.registry import discover
-    from jnet.transforms.slicing import NORMALISATION
-    from jnet.cache.splits import make_splits, write_splits
-
     src, out = Path(src).absolute(), Path(out).absolute()
     _check_options(size, dtype, workers)
     _check_target(out, src, overwrite)
@@ -167,8 +168,6 @@ def _check_target(out: Path, src: Path, overwrite: bool) -> None:
 
 def _choose_channels(source: Any, channels: Sequence[str] | None) -> list[str]:
     """The dataset's names of the requested channels (case-insensitive), in the requested order."""
-    from jnet.sources.common import select_channels
-
     if isinstance(channels, str):
         channels = [channels]
     if channels is not None and not channels:
@@ -212,10 +211,6 @@ def _prepare_case(job: _Job) -> dict:
     """Load, check, normalise and slice one case; write its rows to part files.
 
     Returns the case's prepared.json entry (without ``start``) plus the part file names."""
-    from jnet.sources.registry import load_case
-    from jnet.transforms.slicing import image_slices, label_to_slices, slice_spacing
-    from jnet.transforms.tasks import encode_label
-
     case = job.case
     loaded = load_case(job.source, case, channels=job.channels)
     if loaded.label is None:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jnet.cache.schema import IMAGES_FILE, LABELS_FILE, PREPARED_FILE, check_meta
+from jnet.cache.splits import load_splits, split_indices
 from jnet.errors import ConfigError, DataError
 from jnet.transforms.augment import FLIP_EQUIVARIANT, augment_batch, augment_mode, batch_generator
 from jnet.transforms.lowres import check_mode, downsample
@@ -132,8 +133,6 @@ class SliceDataset(Dataset):
     def __init__(self, root: str | os.PathLike | Prepared, split: str = "train", fold: int = 0,
                  in_size: int = 16, downsample: str = "area", augment: bool | str = False,
                  seed: int = 0, lowres_cache: bool = False) -> None:
-        from jnet.cache.splits import load_splits, split_indices
-
         self.prepared = root if isinstance(root, Prepared) else open_prepared(root)
         self.split, self.fold = split, fold
         self.in_size = check_in_size(in_size, self.prepared.size)

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from jnet.errors import ConfigError, ExportError, JnetError
-from jnet.utils.atomic import atomic_path
 from jnet.deploy.runtime import INPUT_NAME, OUTPUT_NAME, ModelMeta, make_session
+from jnet.errors import ConfigError, ExportError, JnetError
+from jnet.models.fold import fold_head
+from jnet.training.checkpoint import load_model
+from jnet.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ def load_source(source: Any, trust_pickle: bool = False) -> tuple[torch.nn.Modul
     if isinstance(source, (tuple, list)) and len(source) == 2:
         model, info = source
     else:
-        from jnet.training.checkpoint import load_model
-
         model, info = load_model(source, trust_pickle=trust_pickle)
     return model.eval(), info
 
@@ -62,8 +62,6 @@ def inference_module(model: torch.nn.Module, fold: bool = True) -> tuple[torch.n
     Folding is an exact rewrite of an affine head; models it does not apply to (baselines,
     heads with a nonlinearity) are exported as they are.
     """
-    from jnet.models.fold import fold_head
-
     if not fold:
         return model, "module"
     try:

@@ -21,9 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jnet.errors import DataError
-from jnet.utils.atomic import atomic_write, write_text
 from jnet.deploy.runtime import ModelMeta, Predictor
+from jnet.errors import DataError
+from jnet.sources.brats import edition_of
+from jnet.sources.readers import is_hidden, is_nifti, is_png, nifti_stem
+from jnet.sources.volume import load_volume
+from jnet.utils.atomic import atomic_write, write_text
 
 STAGES = ("load", "preprocess", "model", "postprocess", "write")
 LOG_NAME = "predictions.jsonl"
@@ -55,8 +58,6 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], meta: ModelMeta) -> lis
     Hidden files (``._*`` from macOS archives) are skipped. Raises DataError for a missing path,
     a folder with nothing to predict, or two inputs that would write the same output name.
     """
-    from jnet.sources.readers import is_hidden, is_nifti, is_png, nifti_stem
-
     items: list[Item] = []
 
     def add(path: Path, top: bool) -> None:
@@ -97,8 +98,6 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], meta: ModelMeta) -> lis
 def is_case_folder(folder: Path, meta: ModelMeta) -> bool:
     """A folder is one BraTS case (one NIfTI file per modality) when its file names follow a BraTS
     edition; otherwise it is a folder of inputs."""
-    from jnet.sources.brats import edition_of
-
     return edition_of(folder) is not None
 
 
@@ -242,8 +241,6 @@ def _header(item: Item) -> Any | None:
     """The NIfTI header to copy onto the outputs (a BraTS folder: its first image file)."""
     import nibabel as nib
 
-    from jnet.sources.readers import is_hidden, is_nifti
-
     path = item.path
     if item.kind == "brats":
         files = sorted(p for p in path.iterdir() if is_nifti(p) and not is_hidden(p))
@@ -257,7 +254,6 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
     import jnet.transforms.lowres  # noqa: F401 - imported before the clock starts: time work, not imports
     import jnet.transforms.slicing  # noqa: F401
     import jnet.transforms.tasks  # noqa: F401
-    from jnet.sources.volume import load_volume
 
     meta, source, timing = predictor.meta, str(item.path), {}
     clock = time.perf_counter()

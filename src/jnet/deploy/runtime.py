@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from jnet import __version__
 from jnet.errors import CheckpointError, DataError, ExportError
 
 # Version of the metadata layout below; bump it when keys change meaning.
@@ -61,8 +62,6 @@ class ModelMeta:
             raise CheckpointError(f"model info: missing fields {missing}; expected the dict that "
                                   f"jnet.training.checkpoint.load_model returns (model, task, channels, size, "
                                   f"downsample, normalisation, jnet_version)")
-        from jnet import __version__
-
         return cls(
             in_size=int(model.in_size), out_size=int(model.out_size),
             in_channels=int(model.in_channels), classes=int(model.classes),

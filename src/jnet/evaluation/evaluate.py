@@ -29,6 +29,8 @@ from jnet.cache.reader import SliceDataset, make_loader, open_prepared
 from jnet.cache.schema import check_compatible
 from jnet.errors import ConfigError, DataError
 from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector
+from jnet.models.blocks import upsample_bilinear
+from jnet.training.checkpoint import load_model, resolve
 from jnet.transforms import tasks
 from jnet.utils.atomic import swap_dir, write_json, write_text
 from jnet.utils.options import choose
@@ -38,8 +40,8 @@ RESULT_FILES = ("metrics.json", "per_case.csv", "per_slice.csv", "overlays")
 
 
 # ----------------------------------------------------------------------------- inputs and checks
-def _check_spacing(manifest: dict, path: Path) -> None:
-    lacking = [c.get("case_id", str(i)) for i, c in enumerate(manifest["cases"])
+def _check_spacing(cache_meta: dict, path: Path) -> None:
+    lacking = [c.get("case_id", str(i)) for i, c in enumerate(cache_meta["cases"])
                if not (isinstance(c.get("spacing"), list) and len(c["spacing"]) >= 3)]
     if lacking:
         raise DataError(f"{path}: cases without a 3-value 'spacing' (mm), needed for HD95: "
@@ -104,13 +106,13 @@ def evaluate(
         raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     prepared = open_prepared(prepared_dir)
-    manifest = prepared.meta
-    check_compatible(info, manifest, prepared_dir)
-    _check_spacing(manifest, prepared_dir / "prepared.json")
+    cache_meta = prepared.meta
+    check_compatible(info, cache_meta, prepared_dir)
+    _check_spacing(cache_meta, prepared_dir / "prepared.json")
 
-    task = manifest["task"]
+    task = cache_meta["task"]
     kind, classes, names = task["kind"], int(task["classes"]), tasks.structure_names(task)
-    size = int(manifest["size"])
+    size = int(cache_meta["size"])
     config = dict(info.get("model") or getattr(model, "config", {}))
     in_size = int(getattr(model, "in_size", None) or config["in_size"])
     downsample = info.get("downsample", "area")
@@ -125,7 +127,7 @@ def evaluate(
     _prepare_out_dir(out_dir, overwrite)  # before the long part: refuse or fail early
 
     model.eval().to(device)
-    collector = MetricsCollector(manifest, names, native=native)
+    collector = MetricsCollector(cache_meta, names, native=native)
     picks: dict[int, tuple] = {}  # case -> (gt area, pred area, dataset position) of its overlay slice
     model_out: int | None = None
     position = 0
@@ -162,7 +164,7 @@ def evaluate(
         "split": split,
         "fold": fold if split in ("val", "train") else None,
         "prepared": str(prepared_dir.resolve()),
-        "dataset": {k: manifest.get(k) for k in ("layout", "source", "edition", "channels", "size")},
+        "dataset": {k: cache_meta.get(k) for k in ("layout", "source", "edition", "channels", "size")},
         "empty_policy": {"text": EMPTY_POLICY_TEXT, **EMPTY_POLICY},
         "native_resolution": native,
         "jnet_version": __version__,
@@ -172,7 +174,7 @@ def evaluate(
     # Everything slow happens before the first file is replaced; metrics.json goes last and marks
     # a complete evaluation. Each file (and the overlays folder) is swapped in atomically.
     staged = _render_overlays(out_dir, model, dataset, collector, picks, overlays, size=size, kind=kind,
-                              classes=classes, names=names, channel=str(manifest["channels"][0]),
+                              classes=classes, names=names, channel=str(cache_meta["channels"][0]),
                               device=device) if overlays > 0 else None
     _write_csv(out_dir / "per_slice.csv", collector.slice_rows)
     _write_csv(out_dir / "per_case.csv", _case_columns(collector.case_rows, names))
@@ -196,8 +198,6 @@ def evaluate_path(source: str | os.PathLike, data: str | os.PathLike, *, trust_p
     Returns:
         The metrics.json content (``checkpoint``: the checkpoint file used).
     """
-    from jnet.training.checkpoint import load_model, resolve
-
     model, info = load_model(source, trust_pickle=trust_pickle)
     return evaluate(model, {**info, "checkpoint": str(resolve(source).resolve())}, data, **kwargs)
 
@@ -208,8 +208,6 @@ def _to_size(logits: torch.Tensor, size: int) -> torch.Tensor:
         raise DataError(f"model output {out}x{out} is larger than the cache size {size}x{size}; "
                         "evaluate on a cache prepared at the model's output size")
     if out < size:  # a plain base predicts at s: compare at S, upsampled as the baseline model does
-        from jnet.models.blocks import upsample_bilinear
-
         logits = upsample_bilinear(logits.float(), size)
     return logits
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from jnet.errors import DataError
+from jnet.transforms.slicing import slices_to_volume
 
 METRICS = ("jaccard", "dice", "hd95")
 HD_PERCENTILE = 95.0
@@ -192,15 +193,15 @@ class MetricsCollector:
     memory freed) as soon as its last slice arrives, so a whole split never sits in memory.
 
     Args:
-        manifest: the cache's ``prepared.json`` (cases with start, count, slice_indices, spacing).
+        cache_meta: the cache's ``prepared.json`` (cases with start, count, slice_indices, spacing).
         names: structure names (``tasks.structure_names``).
         native: also score each volume at its native in-plane resolution.
     """
 
-    def __init__(self, manifest: dict, names: list[str], *, native: bool = False) -> None:
+    def __init__(self, cache_meta: dict, names: list[str], *, native: bool = False) -> None:
         self.names = list(names)
         self.native = native
-        self.cases = manifest["cases"]
+        self.cases = cache_meta["cases"]
         starts = np.array([c["start"] for c in self.cases], dtype=np.int64)
         self._order = np.argsort(starts, kind="stable")
         self._starts = starts[self._order]
@@ -216,7 +217,7 @@ class MetricsCollector:
         self.n_gt_empty = np.zeros(len(self.names), dtype=np.int64)
 
     def case_of(self, index: int) -> int:
-        """Position in ``manifest["cases"]`` of the case holding cache row ``index``."""
+        """Position in ``cache_meta["cases"]`` of the case holding cache row ``index``."""
         j = int(np.searchsorted(self._starts, index, side="right")) - 1
         c = int(self._order[j]) if j >= 0 else -1
         if c < 0 or not self.cases[c]["start"] <= index < self.cases[c]["start"] + self.cases[c]["count"]:
@@ -331,13 +332,13 @@ class MetricsCollector:
         return out
 
 
-def evaluate_masks(pred, gt, manifest: dict, names: list[str], index=None, *, native: bool = False) -> dict:
+def evaluate_masks(pred, gt, cache_meta: dict, names: list[str], index=None, *, native: bool = False) -> dict:
     """Metrics of given masks of cache rows (no model): the summary part of metrics.json.
 
     Args:
         pred: predicted masks.
         gt: ground-truth masks.
-        manifest: the cache's prepared.json (for cases and spacing).
+        cache_meta: the cache's prepared.json (for cases and spacing).
         names: structure names.
         index: cache row of each mask; default ``0..N-1``.
         native: also score at native resolution.
@@ -347,7 +348,7 @@ def evaluate_masks(pred, gt, manifest: dict, names: list[str], index=None, *, na
 
     Shape: ``pred``, ``gt`` ``(N, K, S, S)`` bool.
     """
-    collector = MetricsCollector(manifest, names, native=native)
+    collector = MetricsCollector(cache_meta, names, native=native)
     n = len(pred)
     collector.add(np.arange(n) if index is None else index, pred, gt)
     return collector.summary()
@@ -372,8 +373,6 @@ def native_volumes(case: dict, pred: np.ndarray, gt: np.ndarray) -> tuple[np.nda
 
     Shape: ``(n, K, S, S)`` -> ``(n, K, A, B)``.
     """
-    from jnet.transforms.slicing import slices_to_volume
-
     missing = [k for k in ("axis", "original_shape", "native_spacing") if k not in case]
     if missing:
         raise DataError(f"prepared.json: case {case.get('case_id')} lacks {', '.join(missing)} "

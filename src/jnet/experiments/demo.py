@@ -15,6 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from jnet.cache.build import prepare_dataset
+from jnet.experiments.sweep import make_cells, run_cells, write_results
+from jnet.synth.generate import synthesize
 from jnet.utils.atomic import claim_dir, swap_dir, write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
@@ -63,10 +66,6 @@ def run_demo(out: str | Path = "jnet-demo", *, quick: bool = False, overwrite: b
     Raises:
         DataError: ``out`` exists and is not empty (without ``overwrite``), or is not a demo folder.
     """
-    from jnet.cache.build import prepare_dataset
-    from jnet.synth.generate import synthesize
-    from jnet.experiments.sweep import make_cells, run_cells, write_results
-
     out = Path(out)
     if claim_dir(out, overwrite, marker="sweep.yaml", what="jnet demo folder"):
         swap_dir(None, out)

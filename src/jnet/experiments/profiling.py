@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from jnet.models.fold import FoldedHead
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -32,8 +33,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    from jnet.models.fold import FoldedHead
-
     if isinstance(module, nn.ConvTranspose2d):
         kh, kw = module.kernel_size
         return inputs[0].numel() * (module.out_channels // module.groups) * kh * kw
@@ -71,8 +70,6 @@ def macs_by_module(model: nn.Module, input_shape: Sequence[int],
     Returns:
         ``{module name: MACs}`` for every module that multiplies (zero-cost modules left out).
     """
-    from jnet.models.fold import FoldedHead
-
     shape = tuple(input_shape)
     if len(shape) == 3:
         shape = (1, *shape)

@@ -32,7 +32,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from jnet import __version__
 from jnet.errors import ConfigError
+from jnet.experiments import report
+from jnet.training.config import apply_overrides, config_from_dict, to_dict
 from jnet.utils.atomic import write_json, write_text
 
 SWEEP_KEYS = ("recipe", "overrides", "data", "out_size", "sizes", "seeds", "models", "reference",
@@ -56,8 +59,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     Raises:
         ConfigError: unknown keys, missing models/sizes, unreadable recipe.
     """
-    from jnet.training.config import apply_overrides
-
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -103,8 +104,6 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
     A model entry with its own ``in_size`` gives one cell per seed; cells whose (model, in_size,
     seed) repeat are kept once.
     """
-    from jnet.training.config import apply_overrides, config_from_dict, to_dict
-
     recipe = apply_overrides(sweep["recipe"], sweep.get("overrides", []), source=sweep.get("source", "sweep"))
     data = {**(recipe.get("data") or {}), **(sweep.get("data") or {})}
     if data_path is not None:
@@ -227,8 +226,6 @@ def _plain_sweep(sweep: Mapping) -> dict:
 
 def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[Cell]) -> Path:
     """Tables, plots, the sample figure and ``report.md`` from finished cells."""
-    from jnet.experiments import report
-
     report.write_csv(rows, out / "results.csv")
     aggregated = report.aggregate(rows)
     table = report.markdown_table(aggregated)
@@ -246,7 +243,6 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
     import numpy as np
     import torch
 
-    from jnet.experiments import report
     from jnet.training.checkpoint import load_model
     from jnet.cache.reader import SliceDataset
     from jnet.transforms.tasks import label_from_logits
@@ -288,8 +284,6 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
 def environment() -> dict:
     import torch
 
-    from jnet import __version__
-
     return {"jnet": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads()}
@@ -298,8 +292,6 @@ def environment() -> dict:
 def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: list[dict],
                  table: str, figures: Sequence[str]) -> Path:
     """``report.md``: the honest summary, the table, the figures, the configs and the environment."""
-    from jnet.experiments import report
-
     reference = sweep.get("reference", "baseline")
     jnet_models = sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"})
     summary = []

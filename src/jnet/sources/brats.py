@@ -19,12 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
+from jnet.errors import DataError
 from jnet.sources import readers
-from jnet.sources.types import Case, DatasetSource, LoadedCase
 from jnet.sources.common import (
-    Collector,
     Found,
     Problem,
+    Report,
     check_geometry,
     check_intensities,
     check_label_values,
@@ -32,7 +32,7 @@ from jnet.sources.common import (
     spacing_of,
     squeeze_label,
 )
-from jnet.errors import DataError
+from jnet.sources.types import Case, DatasetSource, LoadedCase
 
 CHANNELS = ("FLAIR", "T1", "T1ce", "T2")
 _OLD = {"sep": "_", "files": ("flair", "t1", "t1ce", "t2"),
@@ -138,7 +138,7 @@ def scan(root: Path) -> Found:
 
 
 def read_channels(
-    report: Collector, paths: Sequence[Path], names: Sequence[str]
+    report: Report, paths: Sequence[Path], names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Read one 3D file per channel; all must share shape and affine. Returns ``((C, X, Y, Z), affine)``."""
     volumes: list[np.ndarray] = []
@@ -169,7 +169,7 @@ def read_channels(
 
 
 def read_case(
-    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Collector
+    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
 ) -> LoadedCase | None:
     keep = select_channels(source.channels, channels)
     read = read_channels(report, [case.images[i] for i in keep], [source.channels[i] for i in keep])
@@ -208,7 +208,7 @@ def load_folder(case_dir: Path, channels: Sequence[str] | None = None) -> Loaded
     if missing:
         raise DataError(f"{case_dir}: missing modality file(s): expected {', '.join(missing)}")
     paths = [images[i] for i in keep]
-    read = read_channels(Collector(collect=False), paths, [CHANNELS[i] for i in keep])  # type: ignore[arg-type]
+    read = read_channels(Report(strict=True), paths, [CHANNELS[i] for i in keep])  # type: ignore[arg-type]
     assert read is not None  # strict mode raises instead
     image, affine = read
     return LoadedCase(image, None, affine, spacing_of(affine), tuple(CHANNELS[i] for i in keep))

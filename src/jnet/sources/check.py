@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jnet.sources.common import Collector, Problem
+from jnet.sources.common import Problem, Report
+from jnet.sources.registry import read_case, scan
 
 
 def check_dataset(
@@ -37,13 +38,11 @@ def check_dataset(
     """
     from tqdm.auto import tqdm
 
-    from jnet.sources.registry import read_case, scan
-
     source, problems = scan(src, format, label_map, case_pattern=case_pattern)
     if source is None:
         return problems
     for case in tqdm(source.cases, desc="check", unit="case", disable=not progress):
-        report = Collector(collect=True)
+        report = Report(strict=False)
         read_case(source, case, None, report)
         problems.extend(report.problems)
     return problems

@@ -45,20 +45,21 @@ class Found:
     problems: list[Problem]
 
 
-class Collector:
-    """Reports problems: strict mode raises the first error as DataError, collect mode keeps all."""
+class Report:
+    """Where a reader reports problems: ``strict`` raises the first error as DataError (loading);
+    otherwise every problem is kept in ``problems`` (the integrity check)."""
 
-    def __init__(self, collect: bool) -> None:
-        self.collect = collect
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
         self.problems: list[Problem] = []
 
     def error(self, path: Path | None, message: str, cause: BaseException | None = None) -> None:
-        if not self.collect:
+        if self.strict:
             raise DataError(f"{path}: {message}" if path is not None else message) from cause
         self.problems.append(Problem(path, message))
 
     def warn(self, path: Path | None, message: str) -> None:
-        if self.collect:
+        if not self.strict:
             self.problems.append(Problem(path, message, "warning"))
 
     def read(self, path: Path, reader: Callable[[], object]) -> object | None:
@@ -66,7 +67,7 @@ class Collector:
         try:
             return reader()
         except DataError as e:
-            if not self.collect:
+            if self.strict:
                 raise
             text = str(e)
             prefix = f"{path}: "
@@ -127,7 +128,7 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def check_geometry(
-    report: Collector, image_path: Path, image_shape: tuple, image_affine: np.ndarray,
+    report: Report, image_path: Path, image_shape: tuple, image_affine: np.ndarray,
     other_path: Path, other_shape: tuple, other_affine: np.ndarray | None, what: str = "label",
 ) -> bool:
     """Shape and affine of ``other`` (a label or another channel) must match the image's."""
@@ -150,7 +151,7 @@ def check_geometry(
     return True
 
 
-def squeeze_label(report: Collector, path: Path, label: np.ndarray) -> np.ndarray | None:
+def squeeze_label(report: Report, path: Path, label: np.ndarray) -> np.ndarray | None:
     """Drop trailing singleton axes ((X, Y, Z, 1) -> (X, Y, Z)); anything else must be 3D."""
     while label.ndim > 3 and label.shape[-1] == 1:
         label = label[..., 0]
@@ -160,7 +161,7 @@ def squeeze_label(report: Collector, path: Path, label: np.ndarray) -> np.ndarra
     return label
 
 
-def check_intensities(report: Collector, path: Path, image: np.ndarray, names: Sequence[str]) -> bool:
+def check_intensities(report: Report, path: Path, image: np.ndarray, names: Sequence[str]) -> bool:
     """NaN/Inf are errors (no silent imputation); a constant channel is a warning.
 
     Shape: ``image (C, ...)``."""
@@ -177,7 +178,7 @@ def check_intensities(report: Collector, path: Path, image: np.ndarray, names: S
 
 
 def check_label_values(
-    report: Collector, source: DatasetSource, path: Path, label: np.ndarray
+    report: Report, source: DatasetSource, path: Path, label: np.ndarray
 ) -> np.ndarray | None:
     """Refuse label values that are not declared; apply the label map. Shape kept."""
     values = np.unique(label)

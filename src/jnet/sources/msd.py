@@ -16,11 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from jnet.sources import readers
-from jnet.sources.types import Case, DatasetSource, LoadedCase
 from jnet.sources.common import (
-    Collector,
     Found,
     Problem,
+    Report,
     check_geometry,
     check_intensities,
     check_label_values,
@@ -28,6 +27,7 @@ from jnet.sources.common import (
     spacing_of,
     squeeze_label,
 )
+from jnet.sources.types import Case, DatasetSource, LoadedCase
 
 # dataset.json "name" -> task folder name, for tasks whose regions jnet knows (jnet.sources.labels.REGIONS).
 MSD_NAMES = {"BRATS": "Task01_BrainTumour", "PROSTATE": "Task05_Prostate"}
@@ -160,7 +160,7 @@ def scan(root: Path) -> Found:
     return found
 
 
-def channels_first(report: Collector, path: Path, data: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
+def channels_first(report: Report, path: Path, data: np.ndarray, names: Sequence[str]) -> np.ndarray | None:
     """``(X, Y, Z)`` or ``(X, Y, Z, C)`` -> ``(C, X, Y, Z)``, C must match dataset.json 'modality'."""
     n = len(names)
     declared = f"dataset.json 'modality' declares {n} channel(s) ({', '.join(names)})"
@@ -183,7 +183,7 @@ def channels_first(report: Collector, path: Path, data: np.ndarray, names: Seque
 
 
 def read_case(
-    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Collector
+    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
 ) -> LoadedCase | None:
     keep = select_channels(source.channels, channels)
     path = case.images[0]

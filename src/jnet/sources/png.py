@@ -27,18 +27,18 @@ from typing import Sequence
 
 import numpy as np
 
+from jnet.errors import ConfigError, DataError
 from jnet.sources import readers
-from jnet.sources.types import Case, DatasetSource, LoadedCase
 from jnet.sources.common import (
-    Collector,
     Found,
     Problem,
+    Report,
     check_intensities,
     check_label_values,
     natural_key,
     select_channels,
 )
-from jnet.errors import ConfigError, DataError
+from jnet.sources.types import Case, DatasetSource, LoadedCase
 
 IMAGE_DIRS = ("images", "image", "imgs", "img")
 MASK_DIRS = ("masks", "mask", "labels", "label", "seg")
@@ -198,7 +198,7 @@ def _planes(pixels: np.ndarray, source: DatasetSource, channels: Sequence[str] |
     return planes, tuple(names)
 
 
-def _read_slice(report: Collector, source: DatasetSource, case: Case, i: int, first: tuple | None):
+def _read_slice(report: Report, source: DatasetSource, case: Case, i: int, first: tuple | None):
     """Read slice ``i`` (and its mask): ``(pixels, mask, shape)``; None for a part with a problem."""
     path = case.images[i]
     pixels = report.read(path, lambda: readers.read_png(path))
@@ -225,7 +225,7 @@ def _read_slice(report: Collector, source: DatasetSource, case: Case, i: int, fi
 
 
 def read_case(
-    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Collector
+    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
 ) -> LoadedCase | None:
     if channels is not None:  # fail fast on unknown names; colour datasets also offer "gray"
         extra = ("gray",) if source.channels == ("R", "G", "B") else ()

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from jnet.errors import DataError
 from jnet.sources import brats, msd, png
-from jnet.sources.common import Collector, Problem, check_label_map, mapped_label_names
+from jnet.sources.common import Problem, Report, check_label_map, mapped_label_names
 from jnet.sources.types import Case, DatasetSource, LoadedCase
 from jnet.utils.options import choose
 
@@ -150,7 +150,7 @@ def discover(
 
 
 def read_case(
-    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Collector
+    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
 ) -> LoadedCase | None:
     """Read one case through ``report`` (strict: raise; collect: return None after problems)."""
     return READERS[choose(source.layout, READERS, "layout")].read_case(source, case, channels, report)
@@ -171,7 +171,7 @@ def load_case(source: DatasetSource, case: Case, channels: Sequence[str] | None 
         DataError: naming the file (corrupt, truncated, mismatched, undeclared label values).
         ConfigError: unknown channel names (the message lists the available ones).
     """
-    loaded = read_case(source, case, channels, Collector(collect=False))
+    loaded = read_case(source, case, channels, Report(strict=True))
     assert loaded is not None  # strict mode raises instead of returning None
     return loaded
 

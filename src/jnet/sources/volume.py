@@ -9,7 +9,7 @@ import numpy as np
 
 from jnet.errors import DataError
 from jnet.sources import brats, readers
-from jnet.sources.common import Collector, check_intensities, select_channels, spacing_of
+from jnet.sources.common import Report, check_intensities, select_channels, spacing_of
 from jnet.sources.png import LUMA
 from jnet.sources.types import LoadedCase
 
@@ -56,7 +56,7 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> Load
         # names the caller's channel-count check reports the mismatch.
         keep = select_channels(names, channels)
         image, names = image[keep], tuple(names[i] for i in keep)
-    report = Collector(collect=False)
+    report = Report(strict=True)
     check_intensities(report, path, image, ())
     return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
 

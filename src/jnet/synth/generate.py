@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jnet.errors import ConfigError
 from jnet.synth.brain import brats_case
 from jnet.synth.prostate import prostate_case
-from jnet.errors import ConfigError
 from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
 from jnet.utils.options import choose
 

@@ -24,7 +24,9 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from jnet import __version__
 from jnet.errors import CheckpointError, ConfigError
+from jnet.utils.atomic import atomic_path
 
 FORMAT_VERSION = 1
 BEST, LAST = "best.ckpt", "last.ckpt"
@@ -41,8 +43,6 @@ def make_info(model: torch.nn.Module, prepared: Mapping[str, Any], *, downsample
         downsample: the low-resolution simulation used in training (``data.downsample``).
         config: the resolved training config as plain data (stored for the record).
     """
-    from jnet import __version__
-
     return {
         "format_version": FORMAT_VERSION,
         "jnet_version": __version__,
@@ -63,8 +63,6 @@ def save_weights(model: torch.nn.Module, info: Mapping[str, Any], path: str | os
     Returns:
         ``path`` as a Path.
     """
-    from jnet.utils.atomic import atomic_path
-
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:

@@ -27,6 +27,7 @@ import yaml
 
 from jnet.errors import ConfigError
 from jnet.sources.types import TASK_KINDS
+from jnet.utils.atomic import write_text
 from jnet.utils.options import closest, unknown
 
 
@@ -195,8 +196,6 @@ def to_dict(config: Any) -> dict:
 
 def dump_yaml(config: Config, path: str | os.PathLike) -> None:
     """Write ``config`` as YAML, atomically (sections in the order data, model, loss, train)."""
-    from jnet.utils.atomic import write_text
-
     write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None))
 
 

@@ -30,7 +30,7 @@ class JNetModule(L.LightningModule):
     structure.
 
     Args:
-        config: a resolved :class:`~jnet.training.config.Config` (see :func:`resolve_config`).
+        config: a resolved :class:`~jnet.training.config.Config` (see :func:`jnet.training.run.fill_from_cache`).
         prepared: the cache's ``prepared.json``; with the model it makes the checkpoint info
             (:func:`jnet.training.checkpoint.make_info`), saved as ``checkpoint["jnet"]``.
     """

@@ -29,9 +29,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from jnet.cache.reader import open_prepared
 from jnet.errors import ConfigError, JnetError
 from jnet.training import rundir
 from jnet.training.config import Config
+from jnet.training.datamodule import PreparedDataModule
 from jnet.training.module import MONITOR, EpochSeed, JNetModule
 from jnet.utils.atomic import write_json
 
@@ -48,13 +50,11 @@ def read_prepared(config: Config) -> tuple[Path, dict]:
     if not (root / "prepared.json").is_file():
         raise ConfigError(f"data.path: {root} is not a prepared slice cache (no prepared.json); "
                           f"make one with `jnet data prepare`")
-    from jnet.cache.reader import open_prepared
-
     prepared = open_prepared(root).meta  # checks prepared.json and the arrays (DataError)
     return root, prepared
 
 
-def resolve_config(config: Config, prepared: Mapping[str, Any], root: Path) -> Config:
+def fill_from_cache(config: Config, prepared: Mapping[str, Any], root: Path) -> Config:
     """Fill and check the config against the prepared data.
 
     ``data.path`` becomes absolute; ``model.in_channels``, ``model.classes`` and (except for
@@ -125,7 +125,7 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
     """
     run_dir = Path(out_dir).expanduser().resolve()
     root, prepared = read_prepared(config)
-    config = resolve_config(config, prepared, root)
+    config = fill_from_cache(config, prepared, root)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     # Model and data are checked before the run directory is touched: bad input writes nothing.
     module = JNetModule(config, prepared)
@@ -236,8 +236,6 @@ def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callb
 
 
 def _datamodule(config: Config, root: Path, in_size: int) -> L.LightningDataModule:
-    from jnet.training.datamodule import PreparedDataModule
-
     t = config.train
     return PreparedDataModule(root, in_size, downsample=config.data.downsample,
                               batch_size=t.batch_size, num_workers=t.num_workers,

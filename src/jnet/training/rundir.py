@@ -28,7 +28,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from jnet import __version__
 from jnet.errors import ConfigError, JnetError
+from jnet.training.config import diff, dump_yaml, load_config
+from jnet.utils.atomic import write_json, write_text
 
 LOCK_NAME = ".lock"
 RUN_MARKERS = ("manifest.json", "config.yaml")
@@ -142,8 +145,6 @@ def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 def _probe_writable(run_dir: Path) -> None:
     # os.access can say yes where writing still fails (read-only mounts, quotas): try it.
-    from jnet.utils.atomic import write_text
-
     probe = run_dir / ".write-test"
     try:
         write_text(probe, "ok\n")
@@ -179,8 +180,6 @@ def git_commit() -> Optional[dict]:
 
 def versions() -> dict:
     from importlib import metadata
-
-    from jnet import __version__
 
     out = {"jnet": __version__, "python": platform.python_version()}
     for name in ("torch", "monai", "lightning", "numpy"):
@@ -227,9 +226,6 @@ def begin(run_dir: Path, config: Any, info: dict, root: Path, resume: bool) -> d
     Raises:
         ConfigError: resuming with other config fields than :data:`RESUMABLE`, or other data.
     """
-    from jnet.training.config import diff, dump_yaml, load_config
-    from jnet.utils.atomic import write_json
-
     manifest = None
     if resume:
         previous = load_config(run_dir / "config.yaml")
@@ -252,8 +248,6 @@ def begin(run_dir: Path, config: Any, info: dict, root: Path, resume: bool) -> d
 
 def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Any:
     """The config of an existing run (its ``config.yaml``) with overrides applied."""
-    from jnet.training.config import load_config
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {path} not found; pass --config or check --out")
