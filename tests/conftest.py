@@ -11,7 +11,8 @@ Treat them as read-only (copy them with ``shutil.copytree`` to modify): several 
 
 Helpers for tests that build their own small datasets: ``save_nifti``, ``write_msd_task`` (also as
 the ``msd_writer`` fixture) and ``tiny_case``; a hand-written slice cache (``write_cache``, ``TASKS``)
-and a config that trains in seconds (``tiny``).
+and a config that trains in seconds (``tiny``); cases whose image is a function of the label
+(``write_aligned_msd``) and their slice cache (``aligned_cache``), to check augmentation alignment.
 """
 from __future__ import annotations
 
@@ -163,3 +164,36 @@ def tiny(cache: Path, model: dict | None = None, **train) -> dict:
             "loss": {},
             "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "lr": 3e-3, "log_every": 1,
                       "optimizer": "adamw", "scheduler": "cosine", "warmup": 0.5, **train}}
+
+
+def write_aligned_msd(root: Path, n_cases: int = 6, S: int = 16) -> Path:
+    """Cases whose image is an affine function of the label (1 + 10 * label, never 0), so the
+    image/label alignment of any sample can be checked after augmentation."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(n_cases):
+        label = np.zeros((S, S, 4), np.uint8)
+        for z in range(1, 4):
+            x, y = rng.integers(0, S - 6, size=2)
+            label[x:x + rng.integers(2, 7), y:y + rng.integers(2, 7), z] = 1
+        image = 1.0 + 10.0 * label
+        name = f"case_{i:02d}"
+        for folder, data in (("imagesTr", image.astype(np.float32)), ("labelsTr", label)):
+            nib.save(nib.Nifti1Image(data, np.eye(4)), root / folder / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "toy", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "organ"},
+        "numTraining": n_cases, "training": training}))
+    return root
+
+
+def aligned_cache(base: Path, S: int = 16) -> Path:
+    """A slice cache (S x S) of :func:`write_aligned_msd` cases, with val and test splits."""
+    from jnet.cache.build import prepare_dataset
+
+    return prepare_dataset(write_aligned_msd(base / "toy", S=S), base / "cache", size=S, val_fraction=0.2,
+                           test_fraction=0.2, progress=False)

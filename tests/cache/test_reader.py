@@ -1,5 +1,5 @@
 """The cache reader: open_prepared checks, SliceDataset items and batches, augmentation alignment,
-determinism, the Lightning data module."""
+determinism (the Lightning data module: tests/training/test_datamodule.py)."""
 from __future__ import annotations
 
 import json
@@ -7,49 +7,22 @@ import pickle
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import aligned_cache
 
-from jnet.cache.build import prepare_dataset
 from jnet.cache.reader import EpochSampler, SliceDataset, make_loader, open_prepared
 from jnet.errors import ConfigError, DataError
-from jnet.training.datamodule import PreparedDataModule
 from jnet.transforms.augment import augment_batch, batch_generator
 from jnet.transforms.lowres import downsample
 
 S = 16
 
 
-def _write_msd(root: Path, n_cases: int = 6) -> Path:
-    """Cases whose image is an affine function of the label (1 + 10 * label, never 0), so the
-    image/label alignment of any sample can be checked after augmentation."""
-    rng = np.random.default_rng(0)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    for i in range(n_cases):
-        label = np.zeros((S, S, 4), np.uint8)
-        for z in range(1, 4):
-            x, y = rng.integers(0, S - 6, size=2)
-            label[x:x + rng.integers(2, 7), y:y + rng.integers(2, 7), z] = 1
-        image = 1.0 + 10.0 * label
-        name = f"case_{i:02d}"
-        for folder, data in (("imagesTr", image.astype(np.float32)), ("labelsTr", label)):
-            nib.save(nib.Nifti1Image(data, np.eye(4)), root / folder / f"{name}.nii.gz")
-        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "toy", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "organ"},
-        "numTraining": n_cases, "training": training}))
-    return root
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("dm")
-    return prepare_dataset(_write_msd(base / "toy"), base / "cache", size=S, val_fraction=0.2,
-                           test_fraction=0.2, progress=False)
+    return aligned_cache(tmp_path_factory.mktemp("dm"), S)
 
 
 def test_open_prepared_exposes_metadata_and_arrays(cache):
@@ -204,33 +177,6 @@ def test_leaking_splits_are_refused(cache, tmp_path):
     (broken / "splits.json").write_text(json.dumps(splits))
     with pytest.raises(DataError, match=f"leakage.*{patient}"):
         SliceDataset(broken, "train")
-
-
-def test_datamodule_loaders_and_attributes(cache):
-    dm = PreparedDataModule(cache, in_size=4, batch_size=4, eval_batch_size=5, seed=0)
-    assert (dm.size, dm.channels, dm.in_channels, dm.classes) == (S, ["MRI"], 1, 1)
-    assert dm.task["kind"] == "binary"
-    dm.setup("fit")
-    train = list(dm.train_dataloader())
-    assert all(lr.shape == (4, 1, 4, 4) for lr, _, _ in train)  # incomplete last batch dropped
-    assert len(train) == len(dm.dataset("train")) // 4
-    lr, hr, meta = next(iter(dm.val_dataloader()))
-    assert lr.dtype == torch.float32 and hr.dtype == torch.uint8 and hr.shape[1:] == (S, S)
-    assert meta["index"].dtype == torch.int64 and len(meta["case_id"]) == len(lr)
-    val_rows = torch.cat([m["index"] for _, _, m in dm.val_dataloader()])
-    assert torch.equal(val_rows, torch.from_numpy(dm.dataset("val").rows))  # in order, all rows
-    test_rows = torch.cat([m["index"] for _, _, m in dm.predict_dataloader()])
-    assert torch.equal(test_rows, torch.from_numpy(dm.dataset("test").rows))
-    assert set(val_rows.tolist()).isdisjoint(test_rows.tolist())
-
-
-def test_datamodule_config_errors(cache):
-    with pytest.raises(ConfigError, match="data.in_size"):
-        PreparedDataModule(cache, in_size=32)
-    with pytest.raises(ConfigError, match="data.downsample"):
-        PreparedDataModule(cache, in_size=4, downsample="cubic")
-    with pytest.raises(ConfigError, match="data.fold"):
-        SliceDataset(cache, "train", fold=3)
 
 
 @pytest.mark.parametrize("mode", ["area", "gaussian", "nearest"])
