@@ -46,9 +46,14 @@ def ort_run(path_or_bytes, x):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("arch, head", [("jnet", "folded"), ("baseline", "module"), ("base", "module")])
-def test_export_matches_pytorch_and_round_trips_metadata(tmp_path, arch, head):
-    model = tiny(arch)
+@pytest.mark.parametrize("arch, options, head", [
+    ("jnet", {}, "folded"), ("jnet", {"head": "subpixel"}, "module"), ("baseline", {}, "module"),
+    ("base", {}, "module")])
+def test_export_matches_pytorch_and_round_trips_metadata(tmp_path, arch, options, head):
+    model = tiny(arch, **options)
+    if options:  # the subpixel head starts at zero (= bilinear): give it weights to check
+        with torch.no_grad():
+            model.head.body[-1].weight.normal_(0, 0.3)
     out = tmp_path / "model.onnx"
     result = export_onnx((model, info_for()), out)
     assert result.path == out and out.is_file()

@@ -111,6 +111,18 @@ def test_make_cells_expands_the_grid_and_dedupes_fixed_sizes(tmp_path):
     assert cells[1].config["train"]["seed"] == 1
 
 
+def test_a_model_entry_may_change_the_loss_and_train_sections(tmp_path):
+    from jnet.experiments.sweep import load_sweep, make_cells
+
+    path = _sweep_file(tmp_path, models={
+        "jnet": {"arch": "jnet"},
+        "jnet-final": {"arch": "jnet", "loss": {"weights": [0, 0, 1]}, "train": {"lr": 0.01}}})
+    plain, final = make_cells(load_sweep(path), data_path="/nowhere")
+    assert plain.config["loss"]["weights"] is None and final.config["loss"]["weights"] == [0, 0, 1]
+    assert final.config["train"]["lr"] == 0.01 and final.config["train"]["epochs"] == 1
+    assert final.config["model"] == plain.config["model"]  # loss/train are not model fields
+
+
 def test_bad_sweep_keys_are_refused(tmp_path):
     from jnet.experiments.sweep import load_sweep
 

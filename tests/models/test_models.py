@@ -107,7 +107,9 @@ class TestModelContract:
         model = build_model(base=base, variant=variant, width=4, in_size=in_size, out_size=out_size,
                             head=head)
         k = (out_size // in_size).bit_length() - 1
-        assert model.output_scales == [in_size * 2 ** i for i in range(k + 1)]
+        factors = model.head.factors  # the input scale first, the output scale last
+        assert factors[0] == 1 and factors[-1] == 2 ** k and factors == sorted(set(factors))
+        assert model.output_scales == [in_size * f for f in factors]
         self.check(model)
 
     @pytest.mark.parametrize("base", list(BASES))
@@ -175,7 +177,8 @@ def test_config_is_complete_jsonable_and_round_trips():
 def test_build_model_signature_lists_fields():
     params = inspect.signature(build_model).parameters
     assert list(params) == ["arch", "base", "variant", "width", "depth", "norm", "in_channels",
-                            "classes", "in_size", "out_size", "head", "head_skips", "train_at"]
+                            "classes", "in_size", "out_size", "head", "head_skips", "head_code",
+                            "head_hidden", "train_at"]
     assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
     assert set(BASES) == {"elunet", "unet", "basicunet"}
 
@@ -344,3 +347,47 @@ def test_folded_model_exports_to_onnx_with_dynamic_batch(tmp_path):
             want = model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+# --- the subpixel head --------------------------------------------------------------------------
+
+
+def test_untrained_subpixel_jnet_is_the_bilinear_baseline():
+    """Its last layer starts at zero: before training it predicts exactly what the baseline with the
+    same base weights predicts, so it starts from fixed interpolation, never from an empty map."""
+    jnet = build_model(head="subpixel", width=4, in_size=16, out_size=128).eval()
+    base = build_model(arch="baseline", width=4, in_size=16, out_size=128, classes=9).eval()
+    base.base.load_state_dict(jnet.base.state_dict())  # 1 logit + 8 code channels
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(jnet(x), base(x)[:, :1])
+
+
+def test_subpixel_head_sees_code_channels_and_image_in_its_block():
+    """Output block (i, j) depends on the 3x3 neighbourhood of low-resolution pixel (i, j) of the
+    logits, code channels and image, and on nothing farther away."""
+    head = HEADS["subpixel"](1, 3, code=2, hidden=4, in_channels=1)
+    with torch.no_grad():
+        head.body[-1].weight.normal_()
+    out = torch.randn(1, 3, 8, 8, requires_grad=True)
+    image = torch.randn(1, 1, 8, 8, requires_grad=True)
+    fine = head(out, image)[-1]
+    assert fine.shape == (1, 1, 64, 64)
+    fine[0, 0, 4 * 8:5 * 8, 4 * 8:5 * 8].sum().backward()  # the block of pixel (4, 4)
+    for grad in (out.grad[0, 1:], image.grad[0]):  # code channels and image
+        seen = grad.abs().sum(0)
+        assert seen[3:6, 3:6].sum() > 0
+        seen[3:6, 3:6] = 0
+        assert seen.sum() == 0
+
+
+def test_subpixel_options_and_the_fields_that_do_not_apply():
+    model = build_model(head="subpixel", head_code=0, head_hidden=0, width=4, in_size=16, out_size=64)
+    assert model.config["head_skips"] is None and model.base.classes == 1
+    assert count_parameters(model.head) == (1 + 0 + 1) * 9 * 16 + 16  # one affine Conv3x3
+    paper = build_model(width=4, in_size=16, out_size=64)
+    assert paper.config["head_code"] is None and paper.config["head_hidden"] is None
+    assert build_model(arch="baseline", width=4).config["head_code"] is None
+    assert "model.head_code: expected an integer >= 0" in _error(head="subpixel", head_code=-1)
+    with pytest.raises(ConfigError, match="not an affine map"):
+        fold_head(build_model(head="subpixel", width=4, in_size=16, out_size=64))

@@ -5,6 +5,7 @@ import argparse
 
 from jnet.cli import comma_list
 from jnet.sources.types import TASK_KINDS
+from jnet.synth import KINDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Prostate: MSD Task05 layout (T2+ADC, PZ/TZ). BraTS: 2021 case folders (FLAIR, "
                     "T1, T1ce, T2, seg 1/2/4). Same seed, same bytes.")
     p.add_argument("out", metavar="OUT", help="dataset folder to create")
-    p.add_argument("--kind", choices=("prostate", "brats"), default="prostate", help="which dataset")
+    p.add_argument("--kind", choices=KINDS, default="prostate", help="which dataset")
     p.add_argument("--cases", type=int, default=None, metavar="N",
                    help="labelled cases (default 24 prostate, 8 brats)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")

@@ -18,6 +18,7 @@ Sweep config (YAML)::
       jnet: {arch: jnet, head: paper}
       baseline: {arch: baseline, train_at: input}
       base-full: {arch: base, in_size: 256}   # a fixed in_size: one cell per seed, not per size
+      jnet-final: {arch: jnet, loss: {weights: [0, 0, 0, 0, 1]}}   # loss/train: recipe ablations
     reference: baseline               # the model J-Net's gain is measured against
     bench: {batch: 16, reps: 10, onnx: true}
 """
@@ -111,6 +112,9 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
     cells, seen = [], set()
     for model_name, fields in sweep["models"].items():
         fields = dict(fields or {})
+        # an entry may also change the recipe's loss or train section: an ablation of the recipe
+        loss_fields = dict(fields.pop("loss", None) or {})
+        train_fields = dict(fields.pop("train", None) or {})
         for size in sweep["sizes"]:
             in_size = int(fields.get("in_size", size))
             for seed in sweep["seeds"]:
@@ -124,7 +128,8 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
                 if model.get("arch") == "base":
                     model["out_size"] = in_size
                 raw = {**recipe, "data": data, "model": model,
-                       "train": {**(recipe.get("train") or {}), "seed": int(seed)}}
+                       "loss": {**(recipe.get("loss") or {}), **loss_fields},
+                       "train": {**(recipe.get("train") or {}), **train_fields, "seed": int(seed)}}
                 config = config_from_dict(raw, source=f"{sweep.get('source', 'sweep')} [{model_name}]")
                 name = f"{model_name}-{in_size}-seed{seed}"
                 cells.append(Cell(name, model_name, in_size, int(seed), to_dict(config)))

@@ -175,6 +175,9 @@ def fold_head(model: nn.Module) -> nn.Module:
         arch = getattr(model, "config", {}).get("arch", type(model).__name__)
         raise ConfigError(f"fold_head: model arch {arch!r} has no learned head to fold; "
                           f"only arch 'jnet' folds")
+    if not getattr(model.head, "foldable", False):
+        raise ConfigError(f"fold_head: the {type(model.head).__name__} is not an affine map of the "
+                          f"logits alone; it runs as it is (it works at the input resolution)")
     param = next(model.head.parameters())
     folded_head = fold_affine_head(model.head, model.in_size, model.classes,
                                    model.out_size // model.in_size, param.dtype)

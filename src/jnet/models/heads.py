@@ -1,10 +1,20 @@
-"""The learned upsampling heads: from the base's ``s x s`` logits to ``S = s * 2**K`` in K x2 stages.
+"""The learned upsampling heads: from the base's ``s x s`` output to ``S = s * 2**K``.
 
-Both heads see only the C logit channels, have no activation (they are affine maps of the logits,
-see :mod:`jnet.models.fold`) and return every output from low to high resolution, the input logits
-first: ``[out1 (s), out2 (2s), ..., out_{K+1} (S)]``.
+Every head is called as ``head(base_output, image)`` and returns its outputs from low to high
+resolution, the base's logits first, at the scale factors ``head.factors``. ``base_output`` holds
+the C logit channels, then the ``head.code_channels`` extra channels the head asks the base for.
+
+- ``paper`` (the published head) and ``chain`` see only the C logits, in K x2 stages, and have no
+  activation: affine maps of the logits, folded exactly for inference by :mod:`jnet.models.fold`.
+  Outputs ``[s, 2s, ..., S]``.
+- ``subpixel`` (jnet's default) works at the input resolution: fixed bilinear upsampling of the
+  logits plus a learned correction predicted from the logits, a few code channels of the base and
+  the low-resolution image, rearranged into each pixel's ``2**K x 2**K`` block (sub-pixel
+  convolution). Outputs ``[s, S]``.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -81,7 +91,15 @@ class PaperHead(nn.Module):
         self.skip_paths = nn.ModuleList([_SkipPath(classes, steps) for steps in range(2, 2 + n_skip)])
         self.up_concat = _Stage(2 * classes, 2 * classes, classes) if n_skip else None
 
-    def forward(self, logits: torch.Tensor) -> list[torch.Tensor]:
+    foldable = True  # an affine map of the logits: jnet.models.fold applies
+    code_channels = 0
+
+    @property
+    def factors(self) -> list[int]:
+        """Scale factor of each output over the input, low to high."""
+        return [2 ** i for i in range(self.k + 1)]
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> list[torch.Tensor]:
         outs = [logits]
         for stage in self.stages:
             outs.append(stage(outs[-1]))
@@ -113,7 +131,11 @@ class ChainHead(nn.Module):
             _Stage(2 * classes if (skips and i > 0) else classes, classes, classes)
             for i in range(k)])
 
-    def forward(self, logits: torch.Tensor) -> list[torch.Tensor]:
+    foldable = True
+    code_channels = 0
+    factors = PaperHead.factors
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor | None = None) -> list[torch.Tensor]:
         outs = [logits]
         for i, stage in enumerate(self.stages):
             x = outs[-1]
@@ -123,11 +145,62 @@ class ChainHead(nn.Module):
         return outs
 
 
+class SubpixelHead(nn.Module):
+    """Bilinear upsampling of the logits plus a learned sub-pixel correction, computed at ``s``.
+
+    ``out_S = bilinear(logits, S) + PixelShuffle(f)(body(cat[logits, code, image]))``, ``f = 2**K``;
+    ``body`` is ``Conv3x3 -> ReLU -> Conv1x1`` (``hidden`` > 0) or one Conv3x3 (``hidden`` = 0, an
+    affine head). Each ``f x f`` output block is predicted from the 3x3 neighbourhood of its
+    low-resolution pixel: the logits, ``code`` more channels of the base's last layer (what one
+    number per pixel cannot carry, e.g. where inside the pixel a boundary lies) and the image's own
+    partial-volume values. The last layer starts at zero, so an untrained head is exactly the fixed
+    bilinear upsampling of the baseline and training starts from it, never from an empty
+    prediction. Everything runs at ``s x s``: no convolution at the high resolution.
+
+    Args:
+        classes: logit channels C.
+        k: x2 factors, 1..5 (``f = 2**K``).
+        code: extra channels asked of the base (:attr:`code_channels`).
+        hidden: channels of the hidden layer; 0 = affine.
+        in_channels: image channels the head sees.
+
+    Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
+    """
+
+    foldable = False  # computed at the input resolution already
+
+    def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
+                 in_channels: int = 1) -> None:
+        super().__init__()
+        _check_k(k)
+        self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
+        factor = 2 ** k
+        c_in, c_out = classes + code + in_channels, classes * factor * factor
+        layers = ([conv3x3(c_in, hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, c_out, 1)]
+                  if hidden else [conv3x3(c_in, c_out)])
+        self.body = nn.Sequential(*layers)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+        self.shuffle = nn.PixelShuffle(factor)
+
+    @property
+    def factors(self) -> list[int]:
+        return [1, 2 ** self.k]
+
+    def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
+        logits = out[:, :self.classes]
+        fine = self.shuffle(self.body(torch.cat([out, image], dim=1)))
+        return [logits, upsample_bilinear(logits, fine.shape[-1]) + fine]
+
+
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
-#: A new head is a class ``f(classes, k, skips) -> nn.Module`` added here.
-HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead}
+#: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
+#: (``skips``, ``code``, ``hidden``, ``in_channels``) and ``factors``, ``foldable``, ``code_channels``.
+HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 
 
-def build_head(name: str, classes: int, k: int, skips: bool = True) -> nn.Module:
-    """The head registered as ``name`` in :data:`HEADS`."""
-    return HEADS[choose(name, HEADS, "model.head")](classes, k, skips)
+def build_head(name: str, classes: int, k: int, **options) -> nn.Module:
+    """The head registered as ``name`` in :data:`HEADS`, given the ``options`` its class takes."""
+    cls = HEADS[choose(name, HEADS, "model.head")]
+    takes = inspect.signature(cls).parameters
+    return cls(classes, k, **{key: v for key, v in options.items() if key in takes and v is not None})

@@ -26,8 +26,10 @@ TRAIN_AT = ("input", "output")
 DEFAULTS: dict[str, Any] = {
     "arch": "jnet", "base": "elunet", "variant": DEFAULT_VARIANT, "width": 16, "depth": 4,
     "norm": "batch", "in_channels": 1, "classes": 1, "in_size": 16, "out_size": None,
-    "head": "paper", "head_skips": True, "train_at": "input",
+    "head": "paper", "head_skips": True, "head_code": 8, "head_hidden": 32, "train_at": "input",
 }
+#: model field -> the head option it sets (each head takes the options its class declares)
+HEAD_OPTIONS = {"head_skips": "skips", "head_code": "code", "head_hidden": "hidden"}
 DEFAULT_OUT_SIZE = 256
 
 
@@ -56,28 +58,32 @@ class JNet(nn.Module):
         in_size: s, the input size.
         out_size: S = s * 2**K with K in 1..5.
         classes: logit channels C.
-        head: ``paper`` | ``chain`` (see :mod:`jnet.models.heads`) or a head module returning the
-            list of outputs low -> high.
-        head_skips: the head's skip paths from the base's logits.
+        head: a name in :data:`jnet.models.heads.HEADS` or a head module: called as
+            ``head(base_output, image)``, returning the outputs low -> high.
+        head_skips: the ``paper``/``chain`` head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
+        head_code, head_hidden: the ``subpixel`` head's code channels and hidden width. The base
+            must then emit ``classes + head_code`` channels (:func:`build_model` builds it so).
 
-    Shape: train ``(B, Cin, s, s) -> [(B, C, s*2**i, s*2**i) for i in 0..K]``; eval
-    ``(B, Cin, s, s) -> (B, C, S, S)``.
+    Shape: train ``(B, Cin, s, s) -> [(B, C, s*f, s*f) for f in head.factors]`` (``paper``:
+    ``f = 1, 2, ..., 2**K``; ``subpixel``: ``f = 1, 2**K``); eval ``(B, Cin, s, s) -> (B, C, S, S)``.
     """
 
     def __init__(self, base: nn.Module, in_size: int, out_size: int, classes: int,
                  head: str | nn.Module = "paper", head_skips: bool = True,
-                 in_channels: int | None = None) -> None:
+                 in_channels: int | None = None, head_code: int = 8, head_hidden: int = 32) -> None:
         super().__init__()
         k = _stages(in_size, out_size)
         if k is None or not 1 <= k <= MAX_STAGES:
             raise ConfigError(f"model.out_size: {out_size} is not in_size*2^K with K in "
                               f"1..{MAX_STAGES} (in_size {in_size})")
         self.base = base
-        self.head = build_head(head, classes, k, head_skips) if isinstance(head, str) else head
         self.in_channels = in_channels if in_channels is not None else base.in_channels
+        self.head = (build_head(head, classes, k, skips=head_skips, code=head_code, hidden=head_hidden,
+                                in_channels=self.in_channels) if isinstance(head, str) else head)
         self.in_size, self.out_size, self.classes, self.k = in_size, out_size, classes, k
-        self.output_scales = [in_size * 2 ** i for i in range(k + 1)]
+        factors = getattr(self.head, "factors", [2 ** i for i in range(k + 1)])
+        self.output_scales = [in_size * f for f in factors]
         # set by jnet.models.fold.fold_head: exact inference-only replacement of `head`
         self.folded_head: nn.Module | None = None
         self.config: dict[str, Any] = {
@@ -87,15 +93,15 @@ class JNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         _check_input(self, x)
-        logits = self.base(x)
+        out = self.base(x)  # the logits, then any code channels the head asked for
         if self.training:
             if self.folded_head is not None:
                 raise ConfigError("model: this J-Net has a folded head, which is inference-only; "
                                   "train the unfolded model and fold it again (fold_head)")
-            return self.head(logits)
+            return self.head(out, x)
         if self.folded_head is not None:
-            return self.folded_head(logits)
-        return self.head(logits)[-1]
+            return self.folded_head(out)
+        return self.head(out, x)[-1]
 
 
 class Baseline(nn.Module):
@@ -194,8 +200,9 @@ def _size_problems(cfg: dict[str, Any], out_given: bool) -> list[str]:
 def resolve_config(**config: Any) -> dict[str, Any]:
     """Check ``config`` and fill in the defaults; the result is what ``model.config`` holds.
 
-    Fields that do not apply (``variant`` for a MONAI base, ``head``/``head_skips`` for the
-    baselines, ``train_at`` for jnet/base) are validated if given and resolved to ``None``.
+    Fields that do not apply (``variant`` for a MONAI base, the ``head*`` fields for the
+    baselines and the options a head does not take, ``train_at`` for jnet/base) are validated if
+    given and resolved to ``None``.
 
     Raises:
         ConfigError: one error listing every problem, each naming the field, the rule and the
@@ -213,6 +220,10 @@ def resolve_config(**config: Any) -> dict[str, Any]:
         value = cfg[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             problems.append(f"model.{key}: expected a positive integer, found {value!r}")
+    for key in ("head_code", "head_hidden"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"model.{key}: expected an integer >= 0, found {value!r}")
     if not isinstance(cfg["head_skips"], bool):
         problems.append(f"model.head_skips: expected true or false, found {cfg['head_skips']!r}")
     if problems:  # names and types first: the size rules need valid integers
@@ -233,8 +244,12 @@ def resolve_config(**config: Any) -> dict[str, Any]:
 
     if cfg["base"] != "elunet":
         cfg["variant"] = None
+    takes = inspect.signature(HEADS[cfg["head"]]).parameters if cfg["arch"] == "jnet" else {}
+    for key, option in HEAD_OPTIONS.items():
+        if option not in takes:
+            cfg[key] = None
     if cfg["arch"] != "jnet":
-        cfg["head"] = cfg["head_skips"] = None
+        cfg["head"] = None
     if cfg["arch"] != "baseline":
         cfg["train_at"] = None
     return cfg
@@ -247,8 +262,8 @@ def build_model(**config: Any) -> nn.Module:
     (``elunet`` | ``unet`` | ``basicunet``), ``variant="clean"`` (``clean`` | ``faithful``;
     ELU-Net only), ``width=16``, ``depth=4``, ``norm="batch"`` (``batch`` | ``instance`` |
     ``group``), ``in_channels=1``, ``classes=1``, ``in_size=16``, ``out_size=256`` (``in_size``
-    for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain``), ``head_skips=True``,
-    ``train_at="input"`` (baseline: ``input`` | ``output``).
+    for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain`` | ``subpixel``), ``head_skips=True``
+    (paper, chain), ``head_code=8``, ``head_hidden=32`` (subpixel), ``train_at="input"`` (baseline: ``input`` | ``output``).
 
     Returns:
         A :class:`JNet` (arch jnet) or :class:`Baseline` (arch baseline / base) whose ``.config``
@@ -258,11 +273,12 @@ def build_model(**config: Any) -> nn.Module:
         ConfigError: bad fields, names or sizes; one error listing every problem.
     """
     cfg = resolve_config(**config)
-    base = BASES[cfg["base"]](cfg["in_channels"], cfg["classes"], cfg["width"], cfg["depth"],
+    code = cfg["head_code"] or 0  # the subpixel head's extra base channels
+    base = BASES[cfg["base"]](cfg["in_channels"], cfg["classes"] + code, cfg["width"], cfg["depth"],
                               cfg["norm"], cfg["variant"])
     if cfg["arch"] == "jnet":
         model: nn.Module = JNet(base, cfg["in_size"], cfg["out_size"], cfg["classes"], cfg["head"],
-                                cfg["head_skips"], cfg["in_channels"])
+                                bool(cfg["head_skips"]), cfg["in_channels"], code, cfg["head_hidden"] or 0)
     else:
         model = Baseline(base, cfg["in_size"], cfg["out_size"], cfg["train_at"] or "input",
                          cfg["classes"], cfg["in_channels"])

@@ -28,18 +28,21 @@ TISSUES = {
 SEG = {ED: 2, NCR: 1, NET: 1, ET: 4}  # tissue -> BraTS 2018-2021 label
 
 
-def _cortex(rng: np.random.Generator, grid: S.Grid, tissue: np.ndarray, brain: Blob):
-    """White matter inside a folded gray-matter band with thin CSF sulci. Returns ``(box, inside, mask)``."""
+def _cortex(rng: np.random.Generator, grid: S.Grid, tissue: np.ndarray, brain: Blob,
+            fold_mm: float = 9.0, cell_mm: float = 7.0):
+    """White matter inside a folded gray-matter band with thin CSF sulci; the band reaches up to
+    about ``fold_mm`` deeper where folded (correlation length ``cell_mm``). Returns
+    ``(box, inside, mask)``."""
     box, q = brain.field(grid)
     inside = q < 1
-    fold = np.maximum(S.smooth_noise(rng, inside.shape, 7.0, grid.spacing), 0)
+    fold = np.maximum(S.smooth_noise(rng, inside.shape, cell_mm, grid.spacing), 0)
     sulci = np.abs(S.smooth_noise(rng, inside.shape, 9.0, grid.spacing)) < 0.12
     depth = (1 - q) * 60.0  # about the depth below the surface, mm
     x = grid.coords(box)[0]
     view = tissue[box]
     view[inside] = WM
-    view[inside & (depth < 2.5 + 9.0 * fold)] = GM
-    view[inside & ((depth < 1.0) | (sulci & (depth < 4 + 12.0 * fold)))] = CSF
+    view[inside & (depth < 2.5 + fold_mm * fold)] = GM
+    view[inside & ((depth < 1.0) | (sulci & (depth < 4 + fold_mm * 4 / 3 * fold)))] = CSF
     view[inside & (np.abs(x - brain.centre[0]) < 0.8) & (depth < 30)] = CSF  # interhemispheric fissure
     return box, inside, S.full_mask(grid.shape, box, inside)
 
@@ -148,3 +151,47 @@ def brats_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.nda
     affine = np.diag([-grid.spacing[0], -grid.spacing[1], grid.spacing[2], 1.0])
     affine[1, 3] = (size - 1) * grid.spacing[1]  # as the BraTS releases: LPS-flipped x and y
     return image, seg, affine
+
+
+def wm_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic T1-weighted brain MRI for white-matter segmentation, ``size x size x slices``
+    covering 240 x 240 x 100 mm through the cerebrum.
+
+    Made for the question J-Net asks, whether a learned head recovers detail a coarse input lost:
+    the white matter reaches into every gyrus as thin, branching fingers (one or two millimetres,
+    far below a 15 mm pixel of a 16x16 input) and is labelled whole, white-matter lesions included;
+    deep gray matter and the other tissue are not. Every subject differs: head size, position and
+    in-plane tilt; the scanner's gray/white contrast (from about half to 1.3 times the usual), its
+    point-spread blur, bias field and noise; sometimes a tumour that displaces white matter. So
+    held-out subjects are not copies of the training ones.
+
+    Returns:
+        ``(image int16 (X, Y, Z), label uint8 (X, Y, Z) [0, 1 white matter], affine (4, 4))``.
+    """
+    u = rng.uniform
+    grid = S.Grid((size, size, slices), (240.0 / size, 240.0 / size, 100.0 / slices))
+    tissue = np.zeros(grid.shape, np.uint8)
+    c = (u(-15, 15), u(-18, 18), u(-4, 12))
+    scale = u(0.82, 1.08)
+    brain = Blob.of(c, (scale * u(60, 70), (scale * u(72, 84), scale * u(75, 88)), (u(50, 58), u(58, 66))),
+                    u(-0.35, 0.35), S.random_lobes(rng, 0.05),
+                    ((1, u(-.04, .04), u(0, 6.3)), (2, u(-.03, .03), u(0, 6.3))))
+    box, inside, mask = _cortex(rng, grid, tissue, brain, fold_mm=u(22, 32), cell_mm=u(4, 5.5))
+    _structures(rng, grid, tissue, mask, c)
+    if u() < 0.25:
+        _tumour(rng, grid, tissue, mask, _tumour_centre(rng, grid, tissue, c), u(6, 20))
+    label = np.isin(tissue, (WM, WMH)).astype(np.uint8)
+    table, grain = S.tissue_tables(rng, TISSUES, {})
+    t1 = table[:, 1].copy()
+    t1[WM] = t1[GM] + (t1[WM] - t1[GM]) * u(0.5, 1.3)  # the scanner's gray/white contrast
+    sub = tissue[box]
+    factor = S.modulation(sub, grain, S.smooth_noise(rng, sub.shape, 3.0, grid.spacing))
+    gain = u(300, 1200)
+    rendered = S.render(sub, t1, factor, u(0.4, 1.4), grid.spacing)
+    rendered *= S.bias_field(rng, grid, u(0.05, 0.3), box)
+    noisy = S.rician(rng, rendered * np.float32(gain), u(0.015, 0.06) * gain)
+    image = np.zeros(grid.shape, np.int16)
+    image[box] = np.where(inside, S.to_int16(noisy), 0)
+    affine = np.diag([-grid.spacing[0], -grid.spacing[1], grid.spacing[2], 1.0])
+    affine[1, 3] = (size - 1) * grid.spacing[1]
+    return image, label, affine

@@ -2,7 +2,10 @@
 
 ``synthesize(out, kind="prostate")`` writes an MSD Task05-style folder (``dataset.json``, 4D T2+ADC
 images, PZ/TZ labels, two ``imagesTs`` cases and a macOS ``._*`` junk file like the real archive);
-``kind="brats"`` writes BraTS 2021 case folders (FLAIR, T1, T1ce, T2, seg with 1 NCR / 2 ED / 4 ET).
+``kind="brats"`` writes BraTS 2021 case folders (FLAIR, T1, T1ce, T2, seg with 1 NCR / 2 ED / 4 ET);
+``kind="brain"`` an MSD-layout T1 set with the white matter labelled, the set on which the input
+resolution matters most (thin, branching gyral white matter; subjects that differ in size,
+position, contrast, blur, bias and noise).
 
 The data is meant to make resolution matter, not to make any model look good: curved, lobulated
 anatomy; thin structures (the peripheral-zone crescent, the enhancing tumour rim, sulci) finer than
@@ -12,8 +15,8 @@ choroid plexus); varied sizes, positions and contrasts; partial volume, bias fie
 noise. No label is a threshold of the image. Each case depends only on (seed, kind, case index), and
 files are byte-identical for a seed (gzip with mtime 0, no file name in the gzip header).
 
-The anatomy lives in ``synth_prostate`` and ``synth_brain``, the shared geometry and MR physics in
-``synth_shapes``; this module writes the datasets.
+The anatomy lives in ``synth.prostate`` and ``synth.brain``, the shared geometry and MR physics in
+``synth.shapes``; this module writes the datasets.
 """
 from __future__ import annotations
 
@@ -25,15 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from jnet.errors import ConfigError
-from jnet.synth.brain import brats_case
+from jnet.synth import KINDS
+from jnet.synth.brain import brats_case, wm_case
 from jnet.synth.prostate import prostate_case
 from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
 from jnet.utils.options import choose
 
 __all__ = ["synthesize", "prostate_case", "brats_case", "nifti_bytes", "KINDS", "DEFAULTS"]
 
-KINDS = ("prostate", "brats")
-DEFAULTS = {"prostate": {"cases": 24, "slices": 16}, "brats": {"cases": 8, "slices": 155}}
+DEFAULTS = {"prostate": {"cases": 24, "slices": 16}, "brats": {"cases": 8, "slices": 155},
+            "brain": {"cases": 40, "slices": 20}}
 N_TEST = 2  # unlabelled imagesTs cases of the prostate set
 # A macOS AppleDouble header, as the ._* files of the published MSD archive start.
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 4070
@@ -85,6 +89,12 @@ def _write_case(job: _Job) -> None:
         if job.labelled:
             _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
         return
+    if job.kind == "brain":
+        image, label, affine = wm_case(rng, job.size, job.slices)
+        case_id = f"brain_{job.index:03d}"
+        _write(job.root / "imagesTr" / f"{case_id}.nii.gz", nifti_bytes(image, affine))
+        _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
+        return
     image, seg, affine = brats_case(rng, job.size, job.slices)
     case_id = f"BraTS2021_{job.index:05d}"
     for c, name in enumerate(("flair", "t1", "t1ce", "t2")):
@@ -93,8 +103,9 @@ def _write_case(job: _Job) -> None:
 
 
 def _jobs(kind: str, root: Path, cases: int, seed: int, size: int | None, slices: int) -> list[_Job]:
-    if kind == "brats":
-        return [_Job(kind, root, i, True, i, seed, size or 240, slices) for i in range(cases)]
+    if kind in ("brats", "brain"):
+        return [_Job(kind, root, i, True, i, seed, size or (240 if kind == "brats" else 256), slices)
+                for i in range(cases)]
     return [
         _Job(kind, root, i, i < cases, i if i < cases else 10_000 + i - cases, seed,
              size or (256, 320)[i % 2], slices)
@@ -135,6 +146,22 @@ def _write_manifest(root: Path, cases: int, seed: int) -> None:
     })
 
 
+def _write_brain_manifest(root: Path, cases: int, seed: int) -> None:
+    """dataset.json of the white-matter set (MSD layout, 3D T1 images)."""
+    write_json(root / "dataset.json", {
+        "name": "BRAINWM",
+        "description": f"Synthetic T1-weighted brain MRI, white matter labelled (jnet data synth, "
+                       f"seed {seed}); not patient data",
+        "reference": "jnet.synth", "licence": "generated data, no restrictions", "release": "1.0",
+        "tensorImageSize": "3D", "modality": {"0": "T1"},
+        "labels": {"0": "background", "1": "WM"},
+        "numTraining": cases, "numTest": 0,
+        "training": [{"image": f"./imagesTr/brain_{i:03d}.nii.gz",
+                      "label": f"./labelsTr/brain_{i:03d}.nii.gz"} for i in range(cases)],
+        "test": [],
+    })
+
+
 def auto_workers(jobs: list[_Job]) -> int:
     """Worker processes for ``workers=None``: one for small jobs (starting processes costs about a
     second), else up to 4, at most the CPU count."""
@@ -159,7 +186,9 @@ def synthesize(
     Args:
         out: the dataset folder to create (refused when it exists and is not empty, unless
             ``overwrite``); written in a temporary folder and renamed into place.
-        kind: ``"prostate"`` (MSD Task05 layout) or ``"brats"`` (BraTS 2021 folders).
+        kind: ``"prostate"`` (MSD Task05 layout), ``"brats"`` (BraTS 2021 folders) or ``"brain"``
+            (MSD layout, T1, white matter labelled: thin branching structures, varied subjects;
+            the set on which input resolution matters most).
         cases: labelled cases (default 24 prostate, 8 brats); the prostate set adds 2 imagesTs cases.
         seed: same seed, same bytes; case i depends only on (seed, kind, i).
         size: in-plane size; default alternates 256 and 320 (prostate) or 240 (brats).
@@ -190,4 +219,6 @@ def synthesize(
             _run(jobs, auto_workers(jobs) if workers is None else workers, bar)
         if kind == "prostate":
             _write_manifest(tmp, cases, seed)
+        elif kind == "brain":
+            _write_brain_manifest(tmp, cases, seed)
     return out
