@@ -101,6 +101,7 @@ def test_perfect_predictor_scores_one_and_writes_every_file(tmp_path, kind):
     for key in ("jaccard", "dice", "volume_jaccard", "volume_dice"):
         assert m[key]["mean"] == 1.0 and list(m[key]["per_class"]) == names
     assert m["hd95"]["mean"] == 0.0 and m["volume_hd95"]["mean"] == 0.0 and m["hd95_undefined"] == 0
+    assert m["degenerate"] is None and m["degenerate_structures"] == {}
     assert (m["n_slices"], m["n_cases"]) == (9, 3)  # 3 test cases of 3 slices
     assert (m["in_size"], m["out_size"], m["downsample"], m["split"]) == (SMALL, S, "area", "test")
     assert m["logits_upsampled_from"] is None and m["empty_policy"]["both_empty"]["jaccard"] == 1.0
@@ -131,7 +132,8 @@ def test_perfect_predictor_scores_one_and_writes_every_file(tmp_path, kind):
 
 def test_scores_follow_the_prediction(tmp_path):
     # A model that predicts nothing: Jaccard 1 only on the empty slices (1 of 3 per case),
-    # HD95 undefined on every slice with foreground, volume Jaccard 0 for every case.
+    # HD95 undefined on every slice with foreground, volume Jaccard 0 for every case. It is
+    # degenerate, and its HD95 mean is undefined, not the 0.00 of its empty slices.
     root = make_cache(tmp_path / "cache")
 
     class Nothing(nn.Module):
@@ -142,9 +144,20 @@ def test_scores_follow_the_prediction(tmp_path):
 
     m = evaluate(Nothing(), info_for(), root, out_dir=tmp_path / "eval", overlays=0, quiet=True)
     assert m["jaccard"]["mean"] == pytest.approx(1 / 3)
-    assert m["hd95_undefined"] == 6 and m["hd95"]["mean"] == 0.0
+    assert m["hd95_undefined"] == 6 and m["hd95"]["mean"] is None
+    assert m["degenerate"] == "degenerate: predicts no foreground on any slice (prostate)"
+    assert m["degenerate_structures"] == {"prostate": "empty"}
+    assert "| **mean** | 0.3333 | 0.3333 | n/a |" in summary_table(m)
+
     assert m["volume_jaccard"]["mean"] == 0.0 and m["volume_hd95"]["per_class"]["prostate"] is None
     assert not (tmp_path / "eval" / "overlays").exists()
+
+    class Everything(Nothing):
+        def forward(self, x):
+            return torch.full((x.shape[0], 1, S, S), 5.0)
+
+    m = evaluate(Everything(), info_for(), root, out_dir=tmp_path / "eval2", overlays=0, quiet=True)
+    assert m["degenerate_structures"] == {"prostate": "full"} and m["hd95"]["mean"] > 0
 
 
 # ---------------------------------------------------------------- real models, same resolution

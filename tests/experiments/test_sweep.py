@@ -51,6 +51,27 @@ def test_markdown_table_and_gain_summary():
     assert len(gain) == 1 and "+20.0 points" in gain[0] and "better" in gain[0]
 
 
+def test_degenerate_cells_are_named_not_scored():
+    """An all-empty model's Jaccard (its empty slices) and HD95 never enter a mean or a gain."""
+    rows = [dict(r) for r in ROWS] + [
+        {"model": "jnet", "in_size": 16, "out_size": 64, "seed": 2, "jaccard": 0.25, "hd95": None,
+         "volume_jaccard": 0.0, "hd95_undefined": 30, "degenerate": "degenerate: predicts no foreground on any slice (wm)"},
+        {"model": "collapsed", "in_size": 16, "out_size": 64, "seed": 0, "jaccard": 0.25, "hd95": None,
+         "hd95_undefined": 30, "degenerate": "degenerate: predicts no foreground on any slice (wm)"}]
+    agg = {(a["model"], a["in_size"]): a for a in report.aggregate(rows)}
+    healthy = {(a["model"], a["in_size"]): a for a in report.aggregate(ROWS)}
+    assert agg[("jnet", 16)]["jaccard"] == healthy[("jnet", 16)]["jaccard"]
+    assert (agg[("jnet", 16)]["n_seeds"], agg[("jnet", 16)]["n_degenerate"]) == (3, 1)
+    assert math.isnan(agg[("collapsed", 16)]["jaccard"])
+    table = report.markdown_table(list(agg.values()))
+    assert "| jnet | 16² | 64² | 3 (1 degenerate) |" in table
+    assert "| collapsed | 16² | 64² | 1 (1 degenerate) | degenerate | degenerate | degenerate |" in table
+    assert "0.00" not in table.split("collapsed")[1].splitlines()[0]
+    note = report.degenerate_note(rows)
+    assert "collapsed-16-seed0 (degenerate: predicts no foreground" in note and ": 60 slice-structure" in note
+    assert "every seed of collapsed is degenerate" in report.gain_summary(list(agg.values()), "collapsed")[0]
+
+
 def test_pareto_front_keeps_only_undominated_points():
     pts = [(100, 0.9), (400, 0.6), (380, 0.75), (50, 0.5), (350, 0.7)]  # 3 and 4 are dominated
     assert report.pareto_front(pts) == [0, 2, 1]
@@ -145,7 +166,7 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
     assert {r["model"] for r in rows} == {"jnet", "baseline"}
     assert all(0.0 <= float(r["jaccard"]) <= 1.0 and float(r["images_per_s"]) > 0 for r in rows)
     text = report_path.read_text()
-    assert "16² input: jnet" in text and "![pareto.png](pareto.png)" in text
+    assert "- 16² input: " in text and "![pareto.png](pareto.png)" in text  # a gain, or why none
     cell = out / "cells" / "jnet-16-seed0" / "cell.json"
     before = json.loads(cell.read_text())
 

@@ -59,10 +59,11 @@ def reference_run(cache, tmp_path_factory) -> Path:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 @pytest.mark.parametrize("kind, channels, model", [
     ("binary", ("T2",), {"arch": "jnet"}),
+    ("binary", ("T2",), {"arch": "jnet", "head": "subpixel"}),
     ("binary", ("T2",), {"arch": "baseline", "train_at": "input"}),
     ("multiclass", ("T2", "ADC"), {"arch": "jnet"}),
     ("regions", ("FLAIR", "T1", "T1ce", "T2"), {"arch": "jnet", "head": "chain"}),
-], ids=["jnet", "baseline", "multiclass", "regions"])
+], ids=["jnet", "subpixel", "baseline", "multiclass", "regions"])
 def test_training_steps_lower_the_loss(tmp_path, kind, channels, model):
     from jnet.training.datamodule import PreparedDataModule
     from jnet.training.module import JNetModule, make_optimizer
@@ -400,6 +401,43 @@ def test_not_a_cache_and_bad_loss_weights(cache, tmp_path):
     with pytest.raises(DataError, match="labels.npy"):
         train(config_from_dict(tiny(broken)), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_per_scale_weights_work_in_training_and_validation(cache, tmp_path):
+    """Validation sees the final output only (eval mode): its loss is that output's term, whatever
+    the weights of the scales in training."""
+    from jnet.training.run import train
+
+    raw = tiny(cache, epochs=1)
+    raw["loss"] = {"weights": [0, 0, 1]}
+    run = train(config_from_dict(raw), tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(next(run.glob("logs/csv/*/metrics.csv")))))
+    assert any(r.get("val/loss") for r in rows) and any(r.get("train/loss_epoch") for r in rows)
+
+
+def test_a_degenerate_predictor_is_named_in_the_log_info_and_manifest(cache, tmp_path, caplog):
+    """A model that predicts nothing on any validation slice still scores (empty slices count 1):
+    training names it instead."""
+    import lightning as L
+
+    from jnet.training.run import train
+
+    class Silence(L.Callback):  # the model's logits pushed far below 0: an all-empty predictor
+        def on_validation_start(self, trainer, module):
+            with torch.no_grad():
+                module.model.base.out.bias.fill_(-1e4)
+
+    raw = tiny(cache, {"arch": "baseline", "train_at": "output"}, epochs=2)
+    with caplog.at_level("WARNING", logger="jnet.training"):
+        run = train(config_from_dict(raw), tmp_path / "run", quiet=True, callbacks=[Silence()])
+    assert "validation after epoch 0: degenerate: predicts no foreground on any slice" in caplog.text
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["best"]["degenerate"].startswith("degenerate: predicts no foreground")
+    validation = json.loads((run / "info.json").read_text())["validation"]
+    assert validation["degenerate_epochs"] == [0, 1] and validation["degenerate"]
+    healthy = train(config_from_dict(tiny(cache, {"head": "subpixel"}, epochs=6, lr=1e-2)), tmp_path / "ok",
+                    quiet=True)
+    assert json.loads((healthy / "info.json").read_text())["validation"]["degenerate"] is None
 
 
 def test_cli_refusals(tmp_path, capsys):

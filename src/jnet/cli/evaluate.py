@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(summary_table(metrics["native"]))
     print()
     print(f"HD95 undefined (exactly one mask empty): {metrics['hd95_undefined']} slice-structure pairs")
+    if metrics.get("degenerate"):
+        print(f"WARNING: {metrics['degenerate']} of the {metrics['split']} split: the model is "
+              f"degenerate; its scores come from the slices without foreground only")
     print(f"wrote {out / 'metrics.json'}, {out / 'per_case.csv'}, {out / 'per_slice.csv'}"
           + (f", {out / 'overlays'}/" if args.overlays else ""))
     return 0

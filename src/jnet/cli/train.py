@@ -52,6 +52,9 @@ def _run(args: argparse.Namespace) -> int:
         score = best.get("val_jaccard")
         print(f"best checkpoint: {run_dir / best['checkpoint']}")
         print(f"best val Jaccard: {score:.4f}" if score is not None else "best val Jaccard: n/a")
+        if best.get("degenerate"):
+            print(f"WARNING: the best checkpoint is {best['degenerate']} of the validation set; it is "
+                  f"not a usable segmenter (train longer, lower train.lr, or check the labels)")
     else:
         print("best checkpoint: none (no validation ran)")
     return 0

@@ -12,6 +12,10 @@ Empty policy (:data:`EMPTY_POLICY`), per image (or volume) and structure:
 - exactly one empty: Jaccard = Dice = 0, HD95 undefined (NaN). Undefined HD95 values are excluded
   from means and counted separately (``undefined`` in :func:`summarise`), never replaced by an
   arbitrary distance such as the image diagonal.
+
+A structure predicted empty on every slice of a split is *degenerate* (``metrics.json``:
+``degenerate``, :mod:`jnet.evaluation.degenerate`); its HD95 means are undefined (None), not the
+0.00 its empty slices alone would give.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 
 from jnet.errors import DataError
+from jnet.evaluation.degenerate import EMPTY, ForegroundCounter, describe
 from jnet.transforms.slicing import slices_to_volume
 
 METRICS = ("jaccard", "dice", "hd95")
@@ -215,6 +220,7 @@ class MetricsCollector:
         self._open: dict[int, dict] = {}
         self._indices: dict[str, list[int]] = {}
         self.n_gt_empty = np.zeros(len(self.names), dtype=np.int64)
+        self.foreground = ForegroundCounter(self.names)
 
     def case_of(self, index: int) -> int:
         """Position in ``cache_meta["cases"]`` of the case holding cache row ``index``."""
@@ -232,6 +238,7 @@ class MetricsCollector:
         spacing = np.array([self.cases[c]["spacing"][:2] for c in case_ids], dtype=np.float64)
         values = slice_metrics(pred, gt, spacing)
         self.n_gt_empty += (~gt.flatten(2).any(-1)).sum(0).numpy()
+        self.foreground.add(pred, gt)
         for b, (row, c) in enumerate(zip(index, case_ids)):
             case = self.cases[c]
             local = row - case["start"]
@@ -318,6 +325,17 @@ class MetricsCollector:
         out["n_slices"] = len(self.slice_rows)
         out["n_cases"] = len(self.case_rows)
         out["n_gt_empty"] = {n: int(v) for n, v in zip(self.names, self.n_gt_empty)}
+        # A structure never predicted has HD95 0 on its empty slices and undefined elsewhere: its
+        # mean would read 0.00, the best possible. It is degenerate, and its HD95 is undefined.
+        kinds = self.foreground.kinds()
+        out["degenerate"] = describe(kinds)
+        out["degenerate_structures"] = {n: k for n, k in kinds.items() if k}
+        for m in ("hd95", "volume_hd95"):
+            for name, kind in kinds.items():
+                if kind == EMPTY:
+                    out[m]["per_class"][name] = out[m]["std"][name] = None
+            means = [v for v in out[m]["per_class"].values() if v is not None]
+            out[m]["mean"] = float(np.mean(means)) if means else None
         if self.native:
             native: dict[str, Any] = {}
             for m in METRICS:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from jnet.cache.build import prepare_dataset
+from jnet.errors import JnetError
 from jnet.experiments.sweep import make_cells, run_cells, write_results
 from jnet.synth.generate import synthesize
 from jnet.utils.atomic import claim_dir, swap_dir, write_text
@@ -95,7 +96,11 @@ def run_demo(out: str | Path = "jnet-demo", *, quick: bool = False, overwrite: b
     rows = run_cells(cells, out / "sweep", sweep, quiet=quiet)
     step("sweep (train, evaluate, bench)")
 
-    best = _best_jnet(rows)
+    try:
+        best = _best_jnet(rows)
+    except JnetError:  # the tables still show what was trained, degenerate cells marked
+        write_results(out / "sweep", rows, sweep, cells)
+        raise
     onnx_path = out / "jnet.onnx"
     from jnet.deploy.export import export_onnx
 
@@ -113,7 +118,11 @@ def run_demo(out: str | Path = "jnet-demo", *, quick: bool = False, overwrite: b
 
 
 def _best_jnet(rows: list[dict]) -> str:
-    jnets = [r for r in rows if r.get("arch") == "jnet"]
+    """The best J-Net cell that is not degenerate: a model that predicts nothing is never exported."""
+    jnets = [r for r in rows if r.get("arch") == "jnet" and not r.get("degenerate")]
+    if not jnets:
+        raise JnetError("demo: every J-Net cell is degenerate (predicts no foreground, or "
+                        "foreground everywhere); nothing to export. See sweep/results.md")
     best = max(jnets, key=lambda r: r["jaccard"])
     return f"{best['model']}-{best['in_size']}-seed{best['seed']}"
 

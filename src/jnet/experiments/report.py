@@ -1,7 +1,9 @@
 """Sweep results as tables and plots: one row per cell in, Markdown/CSV tables and PNG figures out.
 
 A *cell* is one (model, input size, seed) of a sweep; its row is a flat dict of measured numbers
-(see :data:`ROW_FIELDS`). Rows are grouped over seeds into mean +- std.
+(see :data:`ROW_FIELDS`). Rows are grouped over seeds into mean +- std. A degenerate cell (a model
+that predicts nothing, or everything: :mod:`jnet.evaluation.degenerate`) is counted and named, and
+its quality numbers are left out of the means: it is never shown as a score.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ KEY_FIELDS = ("model", "in_size", "out_size", "seed")
 METRIC_FIELDS = (
     "jaccard", "dice", "hd95", "volume_jaccard",
     "params", "macs", "images_per_s", "latency_p50_ms", "latency_p95_ms", "peak_mem_mb",
-    "onnx_images_per_s", "train_time_s",
+    "onnx_images_per_s", "train_time_s", "hd95_undefined",
 )
-ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample") + METRIC_FIELDS
+QUALITY_FIELDS = ("jaccard", "dice", "hd95", "volume_jaccard")
+ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample", "degenerate") + METRIC_FIELDS
 
 # How each metric is printed in the Markdown table: (header, format, scale).
 _COLUMNS = {
@@ -37,6 +40,7 @@ _COLUMNS = {
     "latency_p50_ms": ("latency b1 ms", "{:.2f}", 1.0),
     "peak_mem_mb": ("peak MB", "{:.0f}", 1.0),
     "onnx_images_per_s": ("img/s ORT b16", "{:.0f}", 1.0),
+    "hd95_undefined": ("HD95 undef.", "{:.0f}", 1.0),
 }
 # Columns whose spread over seeds is worth printing (the rest are deterministic or noisy timing).
 _WITH_STD = {"jaccard", "dice", "hd95", "volume_jaccard"}
@@ -56,8 +60,10 @@ def _finite(values: Iterable) -> list[float]:
 def aggregate(rows: Sequence[dict]) -> list[dict]:
     """Group rows by (model, in_size, out_size) and average over seeds.
 
-    Returns one dict per group with ``<metric>`` (mean), ``<metric>_std`` and ``n_seeds``, sorted by
-    model order of first appearance, then input size.
+    Returns one dict per group with ``<metric>`` (mean), ``<metric>_std``, ``n_seeds`` and
+    ``n_degenerate``, sorted by model order of first appearance, then input size. Quality metrics
+    are averaged over the non-degenerate seeds only (NaN when every seed is degenerate);
+    ``hd95_undefined`` is summed over seeds.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     order: dict[str, int] = {}
@@ -66,12 +72,17 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         groups[(row["model"], int(row["in_size"]), int(row["out_size"]))].append(row)
     out = []
     for (model, in_size, out_size), members in groups.items():
-        agg = {"model": model, "in_size": in_size, "out_size": out_size, "n_seeds": len(members)}
+        healthy = [m for m in members if not m.get("degenerate")]
+        agg = {"model": model, "in_size": in_size, "out_size": out_size, "n_seeds": len(members),
+               "n_degenerate": len(members) - len(healthy)}
         for key in ("arch", "base", "downsample"):
             agg[key] = members[0].get(key, "")
         for field in METRIC_FIELDS:
-            values = _finite(m.get(field) for m in members)
-            agg[field] = float(np.mean(values)) if values else float("nan")
+            values = _finite(m.get(field) for m in (healthy if field in QUALITY_FIELDS else members))
+            if field == "hd95_undefined":
+                agg[field] = float(sum(values)) if values else float("nan")
+            else:
+                agg[field] = float(np.mean(values)) if values else float("nan")
             agg[f"{field}_std"] = float(np.std(values)) if len(values) > 1 else 0.0
         out.append(agg)
     out.sort(key=lambda a: (order[a["model"]], a["in_size"]))
@@ -81,10 +92,12 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
 def _cell(agg: dict, field: str) -> str:
     _, fmt, scale = _COLUMNS[field]
     value = agg.get(field, float("nan"))
+    if field in QUALITY_FIELDS and agg.get("n_degenerate") and agg["n_degenerate"] == agg.get("n_seeds"):
+        return "degenerate"
     if value is None or not math.isfinite(value):
         return "–"
     text = fmt.format(value * scale)
-    if field in _WITH_STD and agg.get("n_seeds", 1) > 1:
+    if field in _WITH_STD and agg.get("n_seeds", 1) - agg.get("n_degenerate", 0) > 1:
         text += " ± " + fmt.format(agg.get(f"{field}_std", 0.0) * scale)
     return text
 
@@ -95,10 +108,23 @@ def markdown_table(aggregated: Sequence[dict], fields: Sequence[str] | None = No
     header = ["model", "input", "output", "seeds"] + [_COLUMNS[f][0] for f in fields]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in aggregated:
-        cells = [a["model"], f"{a['in_size']}²", f"{a['out_size']}²", str(a["n_seeds"])]
+        seeds = str(a["n_seeds"])
+        if a.get("n_degenerate"):  # named, and left out of the quality means
+            seeds += f" ({a['n_degenerate']} degenerate)"
+        cells = [a["model"], f"{a['in_size']}²", f"{a['out_size']}²", seeds]
         cells += [_cell(a, f) for f in fields]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def degenerate_note(rows: Sequence[dict]) -> str:
+    """Lines under a table: which cells are degenerate, and how many HD95 values were undefined."""
+    lines = [f"- degenerate, left out of the means: {r['model']}-{r['in_size']}-seed{r['seed']} "
+             f"({r['degenerate']})" for r in rows if r.get("degenerate")]
+    undefined = sum(int(float(r["hd95_undefined"])) for r in rows if r.get("hd95_undefined") not in (None, ""))
+    lines.append(f"- HD95 undefined (exactly one mask empty), excluded from the HD95 means: {undefined} "
+                 f"slice-structure values over {len(rows)} cells (column HD95 undef.: per model, all seeds)")
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> None:
@@ -227,6 +253,10 @@ def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str
         if name != model or (reference, size) not in by_key:
             continue
         b = by_key[(reference, size)]
+        if not (math.isfinite(a["jaccard"]) and math.isfinite(b["jaccard"])):
+            lines.append(f"- {size}² input: no gain measured: every seed of "
+                         f"{model if not math.isfinite(a['jaccard']) else reference} is degenerate.")
+            continue
         gain = (a["jaccard"] - b["jaccard"]) * 100
         spread = math.hypot(a["jaccard_std"], b["jaccard_std"]) * 100
         if a["n_seeds"] > 1 and b["n_seeds"] > 1:

@@ -161,6 +161,7 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
         "downsample": info.get("downsample"),
         "jaccard": metrics["jaccard"]["mean"], "dice": metrics["dice"]["mean"],
         "hd95": metrics["hd95"]["mean"], "volume_jaccard": metrics["volume_jaccard"]["mean"],
+        "hd95_undefined": metrics["hd95_undefined"], "degenerate": metrics["degenerate"] or "",
         "train_time_s": train_time, **speed,
     }
     write_json(cell_dir / "cell.json", row)
@@ -233,7 +234,7 @@ def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[C
     """Tables, plots, the sample figure and ``report.md`` from finished cells."""
     report.write_csv(rows, out / "results.csv")
     aggregated = report.aggregate(rows)
-    table = report.markdown_table(aggregated)
+    table = report.markdown_table(aggregated) + report.degenerate_note(rows)
     write_text(out / "results.md", table)
     report.plot_quality_vs_size(aggregated, out / "jaccard_vs_size.png")
     report.plot_pareto(aggregated, out / "pareto.png")

@@ -6,6 +6,7 @@ from ``(seed, epoch, rank)`` (:class:`EpochSeed`); :func:`jnet.training.run.trai
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any, Mapping
@@ -15,10 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jnet.evaluation.degenerate import ForegroundCounter, describe
 from jnet.training.config import Config, TrainConfig, to_dict
 from jnet.transforms import tasks
 
 MONITOR = "val/jaccard"
+log = logging.getLogger("jnet.training")
 
 
 class JNetModule(L.LightningModule):
@@ -27,7 +30,9 @@ class JNetModule(L.LightningModule):
     Logs ``train/loss``; on validation ``val/loss`` (of the final output) and ``val/jaccard``: the
     Jaccard index at the data's high resolution S per slice, averaged over structures, then over
     slices (both masks empty counts 1, as in :mod:`jnet.evaluation.metrics`), plus ``val/jaccard_<name>`` per
-    structure.
+    structure, and ``val/degenerate`` (1 when the predictions of a structure are empty on every
+    validation slice, or full on every one: :mod:`jnet.evaluation.degenerate`). ``history`` holds
+    every validation's epoch, Jaccard and degenerate note; checkpoints carry it, so resume keeps it.
 
     Args:
         config: a resolved :class:`~jnet.training.config.Config` (see :func:`jnet.training.run.fill_from_cache`).
@@ -49,6 +54,7 @@ class JNetModule(L.LightningModule):
         self.model = build_model(**config.model)
         self.info = make_info(self.model, prepared, downsample=config.data.downsample,
                               config=to_dict(config))
+        self.history: list[dict] = []  # one entry per validation: epoch, jaccard, degenerate
         loss = config.loss
         self.loss = MultiScaleLoss(self.kind, weights=list(loss.weights) if loss.weights else None,
                                    lowres_target=loss.lowres_target, mid_target=loss.mid_target,
@@ -71,14 +77,42 @@ class JNetModule(L.LightningModule):
         n = lr.shape[0]
         logits = self.model(lr)
         target = tasks.target_from_label(hr_label, self.kind, self.classes)
-        self.log("val/loss", self.loss(logits, target), on_epoch=True, batch_size=n, sync_dist=True)
-        iou = slice_jaccard(logits, hr_label, self.kind, self.classes)
+        # eval mode gives the final output only: its own term, whatever the per-scale weights
+        self.log("val/loss", self.loss.terms(logits, target)[-1], on_epoch=True, batch_size=n,
+                 sync_dist=True)
+        pred, gt = hr_masks(logits, hr_label, self.kind, self.classes)
+        iou = masks_jaccard(pred, gt)
+        self._foreground.add(pred, gt)
+        self._iou += torch.stack([iou.mean(dim=1).sum().double().cpu(), torch.tensor(float(n), dtype=torch.float64)])
         self.log(MONITOR, iou.mean(dim=1).mean(), on_epoch=True, prog_bar=True, batch_size=n,
                  sync_dist=True)
         if len(self.structures) > 1:
             for k, name in enumerate(self.structures):
                 self.log(f"val/jaccard_{name}", iou[:, k].mean(), on_epoch=True, batch_size=n,
                          sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._foreground = ForegroundCounter(self.structures)
+        self._iou = torch.zeros(2, dtype=torch.float64)  # sum of slice Jaccards, slices
+
+    def on_validation_epoch_end(self) -> None:
+        # summed over ranks: "empty on every slice" must hold on all of them
+        totals = torch.cat([self._foreground.counts.flatten(), self._iou]).to(self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum").double().cpu()
+        self._foreground.counts = totals[:-2].reshape(self._foreground.counts.shape)
+        note = describe(self._foreground.kinds())
+        self.log("val/degenerate", float(note is not None), on_epoch=True, sync_dist=False)
+        if self.trainer.sanity_checking:
+            return
+        jaccard = float(totals[-2] / totals[-1]) if totals[-1] else None
+        self.history.append({"epoch": int(self.current_epoch), "jaccard": jaccard, "degenerate": note})
+        if note and self.trainer.is_global_zero:
+            log.warning("validation after epoch %d: %s", self.current_epoch, note)
+
+    def best_validation(self) -> dict | None:
+        """The entry of ``history`` with the highest Jaccard (the first, as the best checkpoint)."""
+        scored = [h for h in self.history if h["jaccard"] is not None]
+        return max(scored, key=lambda h: h["jaccard"]) if scored else None
 
     def configure_optimizers(self) -> Any:
         train = self.config.train
@@ -93,6 +127,10 @@ class JNetModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["jnet"] = self.info
+        checkpoint["jnet_validation"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("jnet_validation", []))
 
 
 def slice_jaccard(logits: torch.Tensor, hr_label: torch.Tensor, kind: str, classes: int) -> torch.Tensor:
@@ -103,14 +141,26 @@ def slice_jaccard(logits: torch.Tensor, hr_label: torch.Tensor, kind: str, class
 
     Shape: ``logits (B, C, h, w)``, ``hr_label (B, S, S)`` -> ``(B, K)``, K foreground structures.
     """
-    from monai.metrics import compute_iou
+    return masks_jaccard(*hr_masks(logits, hr_label, kind, classes))
 
+
+def hr_masks(logits: torch.Tensor, hr_label: torch.Tensor, kind: str,
+             classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true masks at the label's resolution (logits upsampled bilinearly if smaller).
+
+    Shape: ``logits (B, C, h, w)``, ``hr_label (B, S, S)`` -> two bool ``(B, K, S, S)``.
+    """
     size = tuple(hr_label.shape[-2:])
     if tuple(logits.shape[-2:]) != size:
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    pred = tasks.masks_from_logits(logits, kind).float()
-    gt = tasks.masks_from_label(hr_label, kind, classes).float()
-    return compute_iou(pred, gt, include_background=True, ignore_empty=False)
+    return tasks.masks_from_logits(logits, kind), tasks.masks_from_label(hr_label, kind, classes)
+
+
+def masks_jaccard(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Jaccard per slice and structure of bool masks ``(B, K, S, S)`` -> ``(B, K)``."""
+    from monai.metrics import compute_iou
+
+    return compute_iou(pred.float(), gt.float(), include_background=True, ignore_empty=False)
 
 
 def make_optimizer(params: Any, train: TrainConfig) -> torch.optim.Optimizer:

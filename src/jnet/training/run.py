@@ -149,8 +149,8 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
                                 f"checkpoint, if any, is {rundir.last_checkpoint(run_dir)}") from e
             finally:
                 if rank0:
-                    _close_manifest(run_dir, manifest, status, _best(trainer, run_dir),
-                                    int(trainer.current_epoch))
+                    _close_manifest(run_dir, manifest, status, _best(trainer, run_dir, module),
+                                    int(trainer.current_epoch), module)
         finally:
             if lock is not None:
                 lock.release()
@@ -160,13 +160,18 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
 
 
 def _close_manifest(run_dir: Path, manifest: dict, status: str, best: Optional[dict],
-                    epochs: int) -> None:
-
+                    epochs: int, module: JNetModule) -> None:
     closed = rundir.end_session(manifest, status, best=best or manifest.get("best"), epochs_done=epochs)
-    try:
-        write_json(run_dir / "manifest.json", closed)
-    except OSError as e:  # e.g. the disk is full: keep the error that stopped training visible
-        warnings.warn(f"{run_dir / 'manifest.json'}: could not record the session's end ({e})")
+    # info.json also says how validation went: a degenerate best model is named, not hidden
+    info = {**module.info, "validation": {
+        "best_epoch": (module.best_validation() or {}).get("epoch"),
+        "degenerate": (best or {}).get("degenerate"),
+        "degenerate_epochs": [h["epoch"] for h in module.history if h["degenerate"]]}}
+    for name, payload in (("manifest.json", closed), ("info.json", info)):
+        try:
+            write_json(run_dir / name, payload)
+        except OSError as e:  # e.g. the disk is full: keep the error that stopped training visible
+            warnings.warn(f"{run_dir / name}: could not record the session's end ({e})")
 
 
 @contextlib.contextmanager
@@ -259,7 +264,7 @@ def _fit(trainer: L.Trainer, module: JNetModule, datamodule: Any, ckpt: Optional
             raise
 
 
-def _best(trainer: L.Trainer, run_dir: Path) -> Optional[dict]:
+def _best(trainer: L.Trainer, run_dir: Path, module: JNetModule) -> Optional[dict]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     callback = next((c for c in trainer.callbacks
@@ -269,4 +274,5 @@ def _best(trainer: L.Trainer, run_dir: Path) -> Optional[dict]:
     score = callback.best_model_score
     path = Path(callback.best_model_path)
     return {"checkpoint": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),
-            "val_jaccard": float(score) if score is not None else None}
+            "val_jaccard": float(score) if score is not None else None,
+            "degenerate": (module.best_validation() or {}).get("degenerate")}
