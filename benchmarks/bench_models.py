@@ -1,13 +1,15 @@
 """Eager CPU throughput of the base alone vs J-Net (folded and unfolded head), as a Markdown table.
 
-For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = that base plus the
-published head up to S (256; 320 for s = 80 and 160), evaluated with the folded head (the way to
-deploy it) and unfolded (to show what the fold buys). Parameters, MACs per image, images/s at
+For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = that base plus a
+head up to S (256; 320 for s = 80 and 160): the published head (``--head paper``), evaluated with
+the folded head (the way to deploy it) and unfolded (to show what the fold buys), or jnet's
+subpixel head (``--head subpixel``), which runs as it is. Parameters, MACs per image, images/s at
 each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
 every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the head is free).
 
     python benchmarks/bench_models.py                       # the full table (minutes)
     python benchmarks/bench_models.py --sizes 16 --reps 3   # a quick check
+    python benchmarks/bench_models.py --head subpixel --sizes 16 32
 """
 from __future__ import annotations
 
@@ -46,11 +48,14 @@ def per_image_seconds(fn: Callable[[], object], batch: int, min_time: float) -> 
 
 
 def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: float,
-               width: int) -> list[dict]:
+               width: int, head: str = "paper") -> list[dict]:
     big = out_size_for(s)
-    jnet = build_model(arch="jnet", variant="faithful", width=width, in_size=s, out_size=big).eval()
-    folded = fold_head(jnet)
-    models = {"base": jnet.base, "folded": folded, "unfolded": jnet}
+    jnet = build_model(arch="jnet", variant="faithful", width=width, in_size=s, out_size=big,
+                       head=head).eval()
+    # the base as the baselines use it: one logit channel (a subpixel J-Net's base emits more)
+    base = build_model(arch="base", variant="faithful", width=width, in_size=s).eval()
+    deployed = fold_head(jnet) if jnet.head.foldable else jnet
+    models = {"base": base, "folded": deployed, "unfolded": jnet}
     rows = []
     for batch in batches:
         x = torch.randn(batch, 1, s, s)
@@ -67,8 +72,8 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
         ips = {name: 1.0 / statistics.median(t) for name, t in times.items()}
         rows.append({
             "s": s, "S": big, "batch": batch,
-            "params_base": count_parameters(jnet.base), "params_jnet": count_parameters(jnet),
-            "macs_base": count_macs(jnet.base, (1, 1, s, s)), "macs_jnet": count_macs(jnet, (1, 1, s, s)),
+            "params_base": count_parameters(base), "params_jnet": count_parameters(jnet),
+            "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(deployed, (1, 1, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
         })
     return rows
@@ -76,7 +81,7 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
 
 def markdown(rows: list[dict]) -> str:
     head = ("| s | S | batch | params base | params J-Net | MACs base | MACs J-Net | base img/s "
-            "| J-Net img/s (folded) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
+            "| J-Net img/s (as deployed) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--width", type=int, default=16, help="base width n (16 = the reference)")
+    parser.add_argument("--head", default="paper", choices=("paper", "subpixel"),
+                        help="the J-Net head (paper: deployed folded; subpixel: as it is)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -106,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--sizes: {s} is not a multiple of 16 that reaches 256 or 320 by x2 steps")
     rows = []
     for s in tqdm(args.sizes, desc="sizes", file=sys.stderr):
-        rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width)
+        rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head)
     table = markdown(rows)
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
               f"median of {args.reps} repetitions after {args.warmup} warm-up calls; ELU-Net "
-              f"faithful width {args.width}; ratio = J-Net img/s / base img/s\n\n")
+              f"faithful width {args.width}; head {args.head}; ratio = J-Net img/s / base img/s\n\n")
     print(header + table)
     if args.out:
         from jnet.utils.atomic import write_text
