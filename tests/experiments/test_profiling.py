@@ -90,3 +90,12 @@ def test_counting_leaves_the_model_alone():
     count_macs(model, (2, 1, 16, 16), meta=False)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_subpixel_head_macs_by_hand():
+    model = build_model(head="subpixel", head_code=2, head_hidden=4, width=4, in_size=16, out_size=64)
+    base = count_macs(model.base, (1, 1, 16, 16))  # emits 1 logit + 2 code channels
+    conv = 16 * 16 * 4 * (1 + 2 + 1) * 9            # Conv3x3 of (logits, code, image) -> 4 hidden
+    blocks = 16 * 16 * (4 + 9) * 16                  # (hidden + 3x3 logits) -> each 4x4 block
+    assert count_macs(model, (1, 1, 16, 16)) == base + conv + blocks
+    assert count_macs(model, (2, 1, 16, 16), meta=False) == 2 * (base + conv + blocks)

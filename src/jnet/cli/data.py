@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT", help="dataset folder to create")
     p.add_argument("--kind", choices=KINDS, default="prostate", help="which dataset")
     p.add_argument("--cases", type=int, default=None, metavar="N",
-                   help="labelled cases (default 24 prostate, 8 brats)")
+                   help="labelled cases (default 24 prostate, 8 brats, 40 brain)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--size", type=int, default=None, metavar="X",
                    help="in-plane size (default: 256 and 320 alternating for prostate, 240 for brats)")

@@ -12,6 +12,8 @@ Hand-checkable rules (the ones fvcore/thop get wrong on this model, see docs/met
   transposed convolution therefore costs 4 MACs per input value and output channel, not 4x that).
 - Linear: ``output elements x in_features``.
 - FoldedHead: ``B x s^2 x (C (2r+1)^2) x (C f^2)``.
+- SubpixelHead's block product (its hidden Conv2d counts as a Conv2d):
+  ``B x s^2 x (features + 9 C) x (C f^2)``, the fixed bilinear part included.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from jnet.models.fold import FoldedHead
+from jnet.models.heads import SubpixelHead
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -43,6 +46,9 @@ def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
         return output.numel() * module.in_features
     if isinstance(module, FoldedHead):  # every position: one (K -> O) map
         return inputs[0].shape[0] * module.in_size ** 2 * module.hood_size * module.block_size
+    if isinstance(module, SubpixelHead):  # its last Linear runs inside one addmm with the bilinear map
+        b, _, h, w = inputs[0].shape
+        return b * h * w * (module.out.in_features + 9 * module.classes) * module.out.out_features
     return 0
 
 
@@ -76,7 +82,7 @@ def macs_by_module(model: nn.Module, input_shape: Sequence[int],
     counts: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, FoldedHead)):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, FoldedHead, SubpixelHead)):
             def hook(mod, inputs, output, name=name):
                 counts[name] = counts.get(name, 0) + _layer_macs(mod, inputs, output)
             handles.append(module.register_forward_hook(hook))

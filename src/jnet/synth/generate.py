@@ -189,10 +189,11 @@ def synthesize(
         kind: ``"prostate"`` (MSD Task05 layout), ``"brats"`` (BraTS 2021 folders) or ``"brain"``
             (MSD layout, T1, white matter labelled: thin branching structures, varied subjects;
             the set on which input resolution matters most).
-        cases: labelled cases (default 24 prostate, 8 brats); the prostate set adds 2 imagesTs cases.
+        cases: labelled cases (default 24 prostate, 8 brats, 40 brain); the prostate set adds 2
+            imagesTs cases.
         seed: same seed, same bytes; case i depends only on (seed, kind, i).
-        size: in-plane size; default alternates 256 and 320 (prostate) or 240 (brats).
-        slices: slices per volume (default 16 prostate, 155 brats).
+        size: in-plane size; default alternates 256 and 320 (prostate), 240 (brats), 256 (brain).
+        slices: slices per volume (default 16 prostate, 155 brats, 20 brain).
         overwrite: replace an existing ``out``.
         workers: processes generating cases in parallel (same bytes for any number); None picks
             1 for small sets, else up to 4.
