@@ -83,7 +83,7 @@ class JNetModule(L.LightningModule):
         pred, gt = hr_masks(logits, hr_label, self.kind, self.classes)
         iou = masks_jaccard(pred, gt)
         self._foreground.add(pred, gt)
-        self._iou += torch.stack([iou.mean(dim=1).sum().double().cpu(), torch.tensor(float(n), dtype=torch.float64)])
+        self._iou += torch.tensor([float(iou.mean(dim=1).sum()), float(n)], dtype=torch.float64)
         self.log(MONITOR, iou.mean(dim=1).mean(), on_epoch=True, prog_bar=True, batch_size=n,
                  sync_dist=True)
         if len(self.structures) > 1:
