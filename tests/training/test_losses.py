@@ -185,3 +185,18 @@ def test_bad_options():
     with pytest.raises(ConfigError, match="2 weights given.*3 outputs"):
         MultiScaleLoss("binary", weights=[1, 1])(
             [torch.randn(1, 1, s, s) for s in (2, 4, 8)], torch.zeros(1, 8, 8).long())
+
+
+def test_dice_at_the_final_scale_only():
+    torch.manual_seed(0)
+    outs = [torch.randn(2, 1, 8, 8), torch.randn(2, 1, 32, 32)]
+    target = (torch.rand(2, 32, 32) > 0.5).long()
+    bce = MultiScaleLoss("binary", lowres_target="area")
+    everywhere = MultiScaleLoss("binary", lowres_target="area", dice_weight=1.0)
+    final = MultiScaleLoss("binary", lowres_target="area", dice_weight=1.0, dice_scales="final")
+    low, high = bce.terms(outs, target), everywhere.terms(outs, target)
+    assert torch.allclose(final.terms(outs, target)[0], low[0])      # BCE alone at the low scale
+    assert torch.allclose(final.terms(outs, target)[1], high[1])     # BCE + Dice at the final one
+    assert not torch.allclose(low[0], high[0])
+    with pytest.raises(ConfigError, match="loss.dice_scales: unknown value 'last'"):
+        MultiScaleLoss("binary", dice_scales="last")

@@ -50,6 +50,7 @@ class LossConfig:
     lowres_target: Literal["nearest", "area"] = "nearest"
     mid_target: Literal["bilinear", "area"] = "bilinear"
     dice_weight: float = 0.0
+    dice_scales: Literal["all", "final"] = "all"  # where the Dice term applies
 
 
 @dataclass(frozen=True)

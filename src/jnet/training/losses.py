@@ -29,6 +29,7 @@ from jnet.utils.options import choose
 
 LOWRES_TARGETS = ("nearest", "area")
 MID_TARGETS = ("bilinear", "area")
+DICE_SCALES = ("all", "final")
 # F.interpolate modes; "nearest" means the pixel nearest to the coarse pixel's centre
 _MODES = {"nearest": "nearest-exact", "area": "area", "bilinear": "bilinear"}
 
@@ -45,7 +46,10 @@ class MultiScaleLoss(nn.Module):
         weights: one weight per output, low to high resolution; ``None`` = 1 each.
         lowres_target: ``nearest`` | ``area``, the target of the lowest output when smaller than S.
         mid_target: ``bilinear`` | ``area``, the target of the outputs in between.
-        dice_weight: weight of the soft Dice term added at every scale (0 = none).
+        dice_weight: weight of the soft Dice term (0 = none).
+        dice_scales: ``all`` (every scale) or ``final`` (the output at S only: the soft targets
+            of the lower scales then get BCE/CE alone, a proper scoring rule, so their logits
+            stay calibrated fractions; Dice rewards confident maps).
 
     Call: ``loss(outputs, target)`` with ``outputs`` a list of logits ``(B, C, h, w)`` (low to
     high) or one tensor, and ``target`` the high-resolution ground truth: ``(B, H, W)`` integer
@@ -55,7 +59,7 @@ class MultiScaleLoss(nn.Module):
 
     def __init__(self, kind: str, weights: Sequence[float] | None = None,
                  lowres_target: str = "nearest", mid_target: str = "bilinear",
-                 dice_weight: float = 0.0) -> None:
+                 dice_weight: float = 0.0, dice_scales: str = "all") -> None:
         super().__init__()
         self.kind = check_kind(kind)
         self.lowres_target = _choice("lowres_target", lowres_target, LOWRES_TARGETS)
@@ -69,6 +73,7 @@ class MultiScaleLoss(nn.Module):
         if not dice_weight >= 0:
             raise ConfigError(f"loss.dice_weight: expected a number >= 0, found {dice_weight!r}")
         self.dice_weight = float(dice_weight)
+        self.dice_scales = _choice("dice_scales", dice_scales, DICE_SCALES)
         self.dice = None
         if self.dice_weight:
             from monai.losses import DiceLoss
@@ -108,17 +113,19 @@ class MultiScaleLoss(nn.Module):
             else:
                 mode = self.lowres_target if i == 0 else self.mid_target
                 tgt = F.interpolate(hr, size=size, mode=_MODES[mode])
-            terms.append(self.scale_loss(logits, tgt))
+            dice = self.dice_scales == "all" or i == len(outputs) - 1
+            terms.append(self.scale_loss(logits, tgt, dice=dice))
         return terms
 
-    def scale_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss at one scale. Shape: ``logits`` and ``target`` both ``(B, C, h, w)``."""
+    def scale_loss(self, logits: torch.Tensor, target: torch.Tensor, dice: bool = True) -> torch.Tensor:
+        """Loss at one scale (``dice``: add the Dice term, if any). Shape: ``logits`` and
+        ``target`` both ``(B, C, h, w)``."""
         logits = logits.float()
         if self.kind == "multiclass":
             loss = F.cross_entropy(logits, target)  # class probabilities as target
         else:
             loss = F.binary_cross_entropy_with_logits(logits, target)
-        if self.dice is not None:
+        if self.dice is not None and dice:
             loss = loss + self.dice_weight * self.dice(logits, target)
         return loss
 

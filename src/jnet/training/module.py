@@ -58,7 +58,7 @@ class JNetModule(L.LightningModule):
         loss = config.loss
         self.loss = MultiScaleLoss(self.kind, weights=list(loss.weights) if loss.weights else None,
                                    lowres_target=loss.lowres_target, mid_target=loss.mid_target,
-                                   dice_weight=loss.dice_weight)
+                                   dice_weight=loss.dice_weight, dice_scales=loss.dice_scales)
 
     def forward(self, x: torch.Tensor) -> Any:
         """Shape: ``(B, C, s, s)`` -> list of logits low to high (training) or ``(B, K, S', S')``."""
