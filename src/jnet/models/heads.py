@@ -227,11 +227,14 @@ class SubpixelHead(nn.Module):
         else:
             features = neighbourhoods(z).flatten(3)              # (B, s, s, 9 * c_in)
         b, h, w = features.shape[:3]
-        # learned and bilinear blocks in one product: [features, logit neighbourhoods] @ [W; B]
-        inputs = torch.cat([features, neighbourhoods(logits, "replicate").flatten(3)], dim=-1)
+        # learned and bilinear blocks and the bias in one product:
+        # [features, logit neighbourhoods, 1] @ [W; bilinear; bias] (addmm would first copy the
+        # bias into the whole output: a second pass over S x S)
+        ones = torch.ones_like(features[..., :1])
+        inputs = torch.cat([features, neighbourhoods(logits, "replicate").flatten(3), ones], dim=-1)
         fixed = torch.block_diag(*[self.bilinear.to(inputs.dtype)] * c)   # (9C, C f^2)
-        weight = torch.cat([self.out.weight.t(), fixed], dim=0)
-        blocks = torch.addmm(self.out.bias, inputs.reshape(b * h * w, -1), weight)
+        weight = torch.cat([self.out.weight.t(), fixed, self.out.bias[None]], dim=0)
+        blocks = inputs.reshape(b * h * w, -1) @ weight
         fine = blocks.view(b, h, w, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * f, w * f)
         return [logits, fine]
 
