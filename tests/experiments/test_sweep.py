@@ -186,6 +186,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "| baseline | 16² |" in text and "| jnet | 32² |" in text
+    # the quick recipe learns: no cell predicts nothing (or everything)
+    rows = report.read_csv(out / "sweep" / "results.csv")
+    assert len(rows) == 7 and not [r["model"] for r in rows if r["degenerate"]]
+    assert "degenerate" not in (out / "sweep" / "results.md").read_text()
     assert _is_png(out / "sweep" / "jaccard_vs_size.png") and _is_png(out / "sweep" / "samples.png")
     assert (out / "jnet.onnx").stat().st_size > 0
     masks = list((out / "predictions").glob("*.nii.gz"))
