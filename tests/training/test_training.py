@@ -452,3 +452,20 @@ def test_cli_refusals(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_head_learning_rate_scale():
+    from jnet.models import build_model
+    from jnet.training.config import TrainConfig
+    from jnet.training.module import make_optimizer, param_groups
+
+    train = TrainConfig(lr=2e-3, head_lr_scale=5.0, optimizer="adamw")
+    jnet = build_model(head="subpixel", width=4, in_size=16, out_size=64)
+    groups = make_optimizer(param_groups(jnet, train), train).param_groups
+    assert [g["lr"] for g in groups] == [2e-3, 1e-2]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in jnet.head.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(jnet.parameters()))
+    baseline = build_model(arch="baseline", width=4, in_size=16, out_size=64)
+    assert len(param_groups(baseline, train)) == 1  # no head: one group at lr
+    with pytest.raises(ConfigError, match="train.head_lr_scale: expected a number > 0"):
+        param_groups(jnet, TrainConfig(head_lr_scale=0.0))

@@ -60,6 +60,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 16
     lr: float = 1e-3
+    head_lr_scale: float = 1.0  # the learned head's learning rate is lr x this (J-Net only)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jnet.errors import ConfigError
 from jnet.evaluation.degenerate import ForegroundCounter, describe
 from jnet.training.config import Config, TrainConfig, to_dict
 from jnet.transforms import tasks
@@ -116,7 +117,7 @@ class JNetModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         train = self.config.train
-        optimizer = make_optimizer(self.model.parameters(), train)
+        optimizer = make_optimizer(param_groups(self.model, train), train)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         factor = lr_factor(train, per_epoch, total)
@@ -161,6 +162,24 @@ def masks_jaccard(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     from monai.metrics import compute_iou
 
     return compute_iou(pred.float(), gt.float(), include_background=True, ignore_empty=False)
+
+
+def param_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict]:
+    """The model's parameters for the optimizer: a J-Net's head at ``lr x train.head_lr_scale``,
+    everything else at ``lr`` (the schedule scales both alike).
+
+    The head is small and sits behind the base: at the base's learning rate it learns less than a
+    head trained on the same base's outputs for as many steps (docs/method.md measures it).
+    """
+    if not train.head_lr_scale > 0:
+        raise ConfigError(f"train.head_lr_scale: expected a number > 0, found {train.head_lr_scale!r}")
+    head = getattr(model, "head", None)
+    head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
+    in_head = {id(p) for p in head_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in in_head]}]
+    if head_params:
+        groups.append({"params": head_params, "lr": train.lr * train.head_lr_scale})
+    return groups
 
 
 def make_optimizer(params: Any, train: TrainConfig) -> torch.optim.Optimizer:
