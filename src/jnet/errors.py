@@ -23,3 +23,9 @@ class CheckpointError(JnetError):
 
 class ExportError(JnetError):
     """Export failed (parity, accuracy gate, metadata); nothing was written."""
+
+
+class OutputError(JnetError):
+    """An output could not be written (full or read-only disk, I/O error). Name the artefact."""
+
+    reason = ""  # the cause alone (e.g. "No space left on device: ..."), for re-wording by callers

@@ -251,28 +251,31 @@ def test_ctrl_c_is_recorded_and_resumable(reference_run, cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_full_names_the_file_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
+def test_disk_full_names_the_checkpoint_and_keeps_the_last_good_one(cache, tmp_path, monkeypatch):
+    """RELIABILITY 33 (without a mount): the third save writes half a file, then the disk is full."""
     import errno
 
-    import lightning.fabric.plugins.io.torch_io as torch_io
-
+    import jnet.training.checkpoint_io as checkpoint_io
     from jnet.training.checkpoint import load_model
     from jnet.training.run import train
 
-    real, saved = torch_io._atomic_save, []
+    real, saved = checkpoint_io._save, []
 
     def full_after_two(checkpoint, path):  # epoch 0 writes best + last, then the disk is full
         if len(saved) >= 2:
+            Path(path).write_bytes(b"PK" + b"\0" * 1000)
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         saved.append(path)
         real(checkpoint, path)
 
-    monkeypatch.setattr(torch_io, "_atomic_save", full_after_two)
-    with pytest.raises(JnetError, match=r"stopped by an I/O error on .*\.ckpt: No space left on device"):
+    monkeypatch.setattr(checkpoint_io, "_save", full_after_two)
+    with pytest.raises(JnetError, match=r"checkpoints/(best|last)\.ckpt: cannot write the checkpoint "
+                                        r"\(No space left on device"):
         train(config_from_dict(tiny(cache)), tmp_path / "run", quiet=True)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["sessions"][-1]["status"] == "failed"
-    _, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    _, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")  # checksum verified too
     assert read_epoch(tmp_path / "run") == 0 and info["size"] == 64
 
 

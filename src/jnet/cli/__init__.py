@@ -3,13 +3,19 @@
 Each sub-command group lives in its own module with a ``register(subparsers)`` function that adds
 its parsers and sets ``func`` (called with the parsed args; heavy imports happen inside it, so that
 ``jnet --help`` is fast and creates no files). A :class:`jnet.errors.JnetError` becomes a one-line
-message and exit code 2; ``--debug`` shows the traceback instead.
+message and exit code 2 (``--debug`` adds the traceback, the code stays 2); so does an OSError that
+no library call turned into one. Warnings print as one ``jnet CMD: warning: ...`` line, without
+the source location Python adds.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import traceback
+import warnings
+from typing import Iterator
 
 from jnet import __version__
 
@@ -48,18 +54,45 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     from jnet.errors import JnetError
+    from jnet.utils.atomic import describe_os_error
 
     try:
-        result = args.func(args)
+        with _plain_warnings(args.command, args.debug):
+            result = args.func(args)
     except JnetError as e:
-        if args.debug:
-            raise
-        print(f"jnet {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(args, str(e), e.exit_code)
+    except OSError as e:  # a file error no library call named: still one line, naming the file
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(args, f"{where}{describe_os_error(e)}", 2)
     except KeyboardInterrupt:
         print("jnet: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"jnet {args.command}: error: {message}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str, debug: bool) -> Iterator[None]:
+    """Print warnings as ``jnet CMD: warning: message`` (with --debug: Python's own format)."""
+    if debug:
+        yield
+        return
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - stdlib hook
+        print(f"jnet {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 if __name__ == "__main__":  # pragma: no cover

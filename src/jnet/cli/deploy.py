@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a pickled checkpoint (runs code from the file: only for files you trust)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a model file whose recorded SHA-256 does not match (corrupt or edited)")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="accept an .onnx file without jnet metadata (sizes from the graph)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a pickled checkpoint (runs code from the file: only for files you trust)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a model file whose recorded SHA-256 does not match (corrupt or edited)")
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
@@ -91,6 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
     result = export_onnx(args.source, args.out, opset=args.opset, int8=args.int8, calib=args.calib,
                          calib_fold=args.fold, force=args.force, overwrite=args.overwrite,
                          trust_pickle=args.trust_pickle, fold_head=not args.no_fold,
+                         verify=not args.no_verify,
                          int8_symmetric=args.int8_symmetric)
     meta = result.meta
     worst = max(result.parity.values()) if result.parity else float("nan")
@@ -105,6 +110,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.torchscript:
         ts = Path(args.out).with_suffix(".pt") if args.torchscript is True else Path(args.torchscript)
         export_torchscript(args.source, ts, overwrite=args.overwrite, trust_pickle=args.trust_pickle,
+                           verify=not args.no_verify,
                            fold_head=not args.no_fold)
         print(f"wrote {ts} (TorchScript)")
     return 0
@@ -120,6 +126,7 @@ def run_predict(args: argparse.Namespace) -> int:
                             probabilities=args.probabilities, overwrite=args.overwrite,
                             batch_size=args.batch_size, allow_no_metadata=args.allow_no_metadata,
                             trust_pickle=args.trust_pickle, threads=args.threads,
+                            verify=not args.no_verify,
                             echo=lambda line: print(line, flush=True))
     print(f"predicted {len(records)} input(s) into {args.out}", file=sys.stderr)
     return 0

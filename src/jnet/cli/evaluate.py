@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a pickled checkpoint (runs code from the file: only for files you trust)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a model file whose recorded SHA-256 does not match (corrupt or edited)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.overlays < 0:
         raise ConfigError(f"--overlays: expected 0 or more, found {args.overlays}")
     metrics = evaluate_path(
-        args.source, args.data, trust_pickle=args.trust_pickle, split=args.split, fold=args.fold,
+        args.source, args.data, trust_pickle=args.trust_pickle, verify=not args.no_verify,
+        split=args.split, fold=args.fold,
         out_dir=args.out, batch_size=args.batch_size, native=args.native, overlays=args.overlays,
         device=args.device, overwrite=args.overwrite,
     )

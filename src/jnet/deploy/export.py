@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jnet.deploy.runtime import INPUT_NAME, OUTPUT_NAME, ModelMeta, make_session
+from jnet import __version__
+from jnet.deploy.runtime import CHECKSUM_KEY, INPUT_NAME, OUTPUT_NAME, ModelMeta, make_session, seal
 from jnet.errors import ConfigError, ExportError, JnetError
 from jnet.models.fold import fold_head
 from jnet.training.checkpoint import load_model
@@ -47,12 +48,13 @@ class ExportResult:
     gate: dict[str, Any] | None = None  # INT8 accuracy gate (quantize.GateResult as a dict)
 
 
-def load_source(source: Any, trust_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
+def load_source(source: Any, trust_pickle: bool = False,
+                verify: bool = True) -> tuple[torch.nn.Module, dict]:
     """``(model, info)`` from a run dir / checkpoint path, or a ``(model, info)`` pair as is."""
     if isinstance(source, (tuple, list)) and len(source) == 2:
         model, info = source
     else:
-        model, info = load_model(source, trust_pickle=trust_pickle)
+        model, info = load_model(source, trust_pickle=trust_pickle, verify=verify)
     return model.eval(), info
 
 
@@ -191,7 +193,7 @@ def add_metadata(model_bytes: bytes, meta: ModelMeta) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
-    props = meta.to_props()
+    props = {**meta.to_props(), CHECKSUM_KEY: "0" * 64}  # sealed below, once the bytes are final
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
@@ -199,8 +201,9 @@ def add_metadata(model_bytes: bytes, meta: ModelMeta) -> bytes:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.doc_string = "jnet", "jnet segmentation model; see metadata_props"
+    proto.producer_version = __version__
     onnx.checker.check_model(proto)
-    return proto.SerializeToString()
+    return seal(proto.SerializeToString())
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMeta:
@@ -255,7 +258,7 @@ def parity_inputs(meta: ModelMeta, real: np.ndarray | None = None, seed: int = 0
 def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: bool = False,
                 calib: str | os.PathLike | None = None, calib_fold: int = 0, force: bool = False,
                 overwrite: bool = False, trust_pickle: bool = False, fold_head: bool = True,
-                int8_symmetric: bool = False, seed: int = 0) -> ExportResult:
+                int8_symmetric: bool = False, seed: int = 0, verify: bool = True) -> ExportResult:
     """Export a model to ONNX after checking parity with PyTorch; write ``out`` atomically.
 
     Args:
@@ -269,6 +272,7 @@ def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: b
         overwrite: replace an existing ``out``.
         trust_pickle: load an old pickled checkpoint (runs code from the file).
         fold_head: export the folded J-Net head (exact) when the model has one.
+        verify: check the checkpoint's recorded SHA-256 first.
         int8_symmetric: symmetric INT8 (zero points 0), the only kind TensorRT reads.
         seed: seed of the random parity inputs.
     Returns:
@@ -280,7 +284,7 @@ def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: b
     if int8 and calib is None:
         raise ExportError("--int8: needs calibration data; pass --calib PREPARED_DIR (a slice cache "
                           "made by `jnet data prepare`)")
-    model, info = load_source(source, trust_pickle)
+    model, info = load_source(source, trust_pickle, verify)
     module, head = inference_module(model, fold_head)
     meta = ModelMeta.from_model(model, info, head=head, opset=opset)
 
@@ -306,7 +310,7 @@ def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: b
 
 
 def export_torchscript(source: Any, out: str | os.PathLike, *, overwrite: bool = False,
-                       trust_pickle: bool = False, fold_head: bool = True,
+                       trust_pickle: bool = False, fold_head: bool = True, verify: bool = True,
                        seed: int = 0) -> ExportResult:
     """Trace the inference module with ``torch.jit.trace`` and save it with the metadata.
 
@@ -316,7 +320,7 @@ def export_torchscript(source: Any, out: str | os.PathLike, *, overwrite: bool =
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: exists; pass --overwrite to replace it")
-    model, info = load_source(source, trust_pickle)
+    model, info = load_source(source, trust_pickle, verify)
     module, head = inference_module(model, fold_head)
     meta = ModelMeta.from_model(model, info, head=head)
     inputs = parity_inputs(meta, None, seed)

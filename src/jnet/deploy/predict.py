@@ -243,7 +243,7 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
 def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | os.PathLike],
                   out: str | os.PathLike, *, overlay: bool = False, probabilities: bool = False,
                   overwrite: bool = False, batch_size: int = 16, allow_no_metadata: bool = False,
-                  trust_pickle: bool = False, threads: int | None = None,
+                  trust_pickle: bool = False, threads: int | None = None, verify: bool = True,
                   echo: Any = None) -> list[dict[str, Any]]:
     """Segment every input and write masks (and optional extras) into ``out``.
 
@@ -260,6 +260,7 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
         batch_size: slices per model call.
         allow_no_metadata: accept an .onnx file without jnet metadata.
         trust_pickle: load an old pickled checkpoint.
+        verify: check the model file's recorded SHA-256 first.
         threads: intra-op threads of the backend.
         echo: called with each JSON line as it is produced (the CLI prints it).
     Returns:
@@ -267,7 +268,7 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
     """
     if not isinstance(model, Predictor):
         model = Predictor.from_path(model, allow_no_metadata=allow_no_metadata,
-                                    trust_pickle=trust_pickle, threads=threads)
+                                    trust_pickle=trust_pickle, threads=threads, verify=verify)
     out = Path(out)
     items = discover_inputs(inputs, model.meta)
     if not items:

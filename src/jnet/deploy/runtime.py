@@ -5,10 +5,15 @@ The ONNX path needs numpy and onnxruntime only (no torch, no training stack): ev
 pre- and post-processing needs (sizes, channels, task, normalisation, input simulation) is read
 from the jnet metadata stored in the file (``metadata_props``, JSON strings; see
 ``docs/deployment.md``).
+
+Every exported file is sealed: ``jnet_sha256`` holds the SHA-256 of the file with that value
+zeroed, checked (with hashlib only) before a session is made, so bytes changed after export are
+refused (``verify=False``, ``--no-verify``, skips the check).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import warnings
@@ -30,6 +35,36 @@ REQUIRED_KEYS = (
 )
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+CHECKSUM_KEY = "jnet_sha256"
+_UNSEALED = b"0" * 64
+# The serialized metadata entry (protobuf StringStringEntryProto: key, then a 64-byte value).
+_CHECKSUM_MARK = b"\x0a" + bytes([len(CHECKSUM_KEY)]) + CHECKSUM_KEY.encode() + b"\x12\x40"
+
+
+def seal(model_bytes: bytes) -> bytes:
+    """Write the SHA-256 of ``model_bytes`` into its ``jnet_sha256`` entry (which holds 64 zeros)."""
+    at = model_bytes.find(_CHECKSUM_MARK + _UNSEALED)
+    if at < 0:
+        raise ExportError(f"internal: the model has no {CHECKSUM_KEY} entry to seal")
+    digest = hashlib.sha256(model_bytes).hexdigest().encode()
+    start = at + len(_CHECKSUM_MARK)
+    return model_bytes[:start] + digest + model_bytes[start + 64:]
+
+
+def verify_sealed(data: bytes, source: str) -> bool:
+    """Check the seal of a serialized model. Returns False for a file without one (not exported
+    by this jnet); raises DataError if the bytes changed after export."""
+    at = data.find(_CHECKSUM_MARK)
+    if at < 0:
+        return False
+    start = at + len(_CHECKSUM_MARK)
+    recorded = data[start:start + 64].decode(errors="replace")
+    found = hashlib.sha256(data[:start] + _UNSEALED + data[start + 64:]).hexdigest()
+    if found != recorded:
+        raise DataError(f"{source}: the file changed after it was exported (SHA-256 {found[:12]}..., "
+                        f"its metadata recorded {recorded[:12]}...): it is corrupt or was edited; "
+                        f"export it again, or pass --no-verify to load it anyway")
+    return True
 
 
 @dataclass(frozen=True)
@@ -103,7 +138,8 @@ class ModelMeta:
             raise ExportError(f"{source}: jnet metadata format {values['jnet_format']}, expected "
                               f"{METADATA_FORMAT}; re-export with this jnet version")
         names = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        extra = {k: v for k, v in values.items() if k not in names and k != "jnet_format"}
+        extra = {k: v for k, v in values.items() if k not in names
+                 and k not in ("jnet_format", CHECKSUM_KEY)}
         return cls(**{k: values[k] for k in names}, extra=extra)
 
     def describe_channels(self) -> str:
@@ -157,7 +193,7 @@ class Predictor:
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, allow_no_metadata: bool = False,
                   trust_pickle: bool = False, threads: int | None = None,
-                  providers: list[str] | None = None) -> "Predictor":
+                  providers: list[str] | None = None, verify: bool = True) -> "Predictor":
         """Open ``path``: an ``.onnx`` file (ONNX Runtime only) or a run dir / checkpoint (PyTorch).
 
         Args:
@@ -168,6 +204,8 @@ class Predictor:
             threads: intra-op threads (ONNX Runtime session; for torch set only while the
                 model runs, see :func:`torch_threads`).
             providers: ONNX Runtime execution providers (default CPU).
+            verify: check the SHA-256 recorded when the model was written (the checkpoint's
+                run manifest, the .onnx file's seal).
         Returns:
             A Predictor.
         """
@@ -176,11 +214,17 @@ class Predictor:
             raise DataError(f"{path}: model not found; expected an .onnx file, a run directory or "
                             f"a checkpoint")
         if path.suffix.lower() == ".onnx":
-            return cls.from_onnx(path, allow_no_metadata=allow_no_metadata, threads=threads,
-                                 providers=providers)
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise DataError(f"{path}: cannot read the model ({e.strerror or e})") from e
+            if verify:
+                verify_sealed(data, str(path))
+            return cls.from_onnx(data, allow_no_metadata=allow_no_metadata, threads=threads,
+                                 providers=providers, source=str(path))
         from jnet.training.checkpoint import load_model
 
-        model, info = load_model(path, trust_pickle=trust_pickle)
+        model, info = load_model(path, trust_pickle=trust_pickle, verify=verify)
         return cls.from_model(model, info, threads=threads, source=str(path))
 
     @classmethod
@@ -235,6 +279,9 @@ class Predictor:
         Shape: ``(N, C, s, s)`` -> ``(N, classes, S, S)``.
         """
         check_input(x, self.meta, self.source)
+        fixed = self.meta.extra.get("static_batch")
+        if fixed:  # a graph exported for one batch size: run exactly that many, padding the last
+            return self._fixed_batches(x, int(fixed))
         starts = range(0, x.shape[0], max(1, batch_size))
         if progress:
             from tqdm.auto import tqdm
@@ -242,6 +289,16 @@ class Predictor:
             starts = tqdm(starts, desc="slices", unit="batch", leave=False)
         return np.concatenate([self._run(np.ascontiguousarray(x[i:i + batch_size]))
                                for i in starts])
+
+    def _fixed_batches(self, x: np.ndarray, size: int) -> np.ndarray:
+        out = []
+        for i in range(0, x.shape[0], size):
+            chunk = x[i:i + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            out.append(self._run(np.ascontiguousarray(chunk))[:size - pad])
+        return np.concatenate(out)
 
 
 @contextlib.contextmanager
@@ -285,11 +342,13 @@ def _guess_meta(session: Any, source: str) -> ModelMeta:
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     shape_in, shape_out = list(inp.shape), list(out.shape)
     ok = (len(shape_in) == 4 and len(shape_out) == 4
-          and all(isinstance(v, int) for v in shape_in[1:] + shape_out[1:])
+          and all(isinstance(v, int) and v > 0 for v in shape_in[1:] + shape_out[1:])
           and shape_in[2] == shape_in[3] and shape_out[2] == shape_out[3])
     if not ok:
         raise ExportError(f"{source}: without jnet metadata the graph must have a static input "
                           f"(B, C, s, s) and output (B, classes, S, S); found {shape_in} -> {shape_out}")
+    # a fixed batch dimension (an int, not a name): the graph runs only batches of that size
+    static = {"static_batch": shape_in[0]} if isinstance(shape_in[0], int) and shape_in[0] > 0 else {}
     classes = shape_out[1]
     if classes == 1:
         task = {"kind": "binary", "names": ["foreground"], "classes": 1,
@@ -303,4 +362,4 @@ def _guess_meta(session: Any, source: str) -> ModelMeta:
     return ModelMeta(in_size=shape_in[2], out_size=shape_out[2], in_channels=shape_in[1],
                      classes=classes, channels=[f"channel{i}" for i in range(shape_in[1])],
                      task=task, normalisation={"method": "zscore-nonzero"}, downsample="area",
-                     size=shape_out[2], extra={"guessed": True})
+                     size=shape_out[2], extra={"guessed": True, **static})

@@ -186,6 +186,7 @@ def evaluate(
 
 
 def evaluate_path(source: str | os.PathLike, data: str | os.PathLike, *, trust_pickle: bool = False,
+                  verify: bool = True,
                   **kwargs: Any) -> dict:
     """Load a run directory or checkpoint (``checkpoint.load_model``) and :func:`evaluate` it.
 
@@ -193,12 +194,13 @@ def evaluate_path(source: str | os.PathLike, data: str | os.PathLike, *, trust_p
         source: run directory (its best checkpoint) or checkpoint file.
         data: the prepared slice cache.
         trust_pickle: allow a pickled (non weights-only) checkpoint; only for files you trust.
+        verify: check the checkpoint's recorded SHA-256 first.
         **kwargs: passed to :func:`evaluate` (``out_dir`` is required).
 
     Returns:
         The metrics.json content (``checkpoint``: the checkpoint file used).
     """
-    model, info = load_model(source, trust_pickle=trust_pickle)
+    model, info = load_model(source, trust_pickle=trust_pickle, verify=verify)
     return evaluate(model, {**info, "checkpoint": str(resolve(source).resolve())}, data, **kwargs)
 
 

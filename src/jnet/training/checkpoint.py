@@ -13,9 +13,17 @@ directory) with one extra key, ``"jnet"``: the *info* a model needs to be used w
 Loading never runs code from the file: ``torch.load(weights_only=True)`` accepts tensors and plain
 containers only. A file that needs more is refused unless ``trust_pickle=True``; a truncated, empty
 or foreign file is a :class:`~jnet.errors.CheckpointError` naming it.
+
+Saving (:class:`jnet.training.checkpoint_io.AtomicCheckpointIO`, the run's Lightning plugin) writes a temporary file
+in the checkpoint's own folder, fsyncs it and renames it into place, so a kill or a full disk
+leaves the previous checkpoint intact. The SHA-256 of every checkpoint is recorded in the run's
+``manifest.json`` (``checksums``) and checked on load: a file changed afterwards is refused
+(``verify=False``, ``--no-verify``, skips the check).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -31,6 +39,51 @@ from jnet.utils.atomic import atomic_path
 FORMAT_VERSION = 1
 BEST, LAST = "best.ckpt", "last.ckpt"
 _NOT_OURS = "truncated or not a jnet checkpoint"
+MANIFEST = "manifest.json"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_dir_of(path: Path) -> Optional[Path]:
+    """The run directory a checkpoint file belongs to (``RUN/checkpoints/X.ckpt``), if any."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return run if (run / MANIFEST).is_file() else None
+
+
+def recorded_checksums(run_dir: Path) -> dict[str, str]:
+    """``{checkpoint path relative to the run: sha256}`` from the run's manifest."""
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    sums = manifest.get("checksums") if isinstance(manifest, dict) else None
+    return dict(sums) if isinstance(sums, dict) else {}
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose bytes differ from the SHA-256 its run recorded when writing it.
+
+    A file outside a run, or one the manifest does not list (an older run), passes unchecked.
+    """
+    path = Path(path).resolve()
+    run = run_dir_of(path)
+    if run is None:
+        return
+    expected = recorded_checksums(run).get(path.relative_to(run).as_posix())
+    if expected is None:
+        return
+    found = sha256_of(path)
+    if found != expected:
+        raise CheckpointError(
+            f"{path}: the file changed after it was written (SHA-256 {found[:12]}..., the run's "
+            f"{MANIFEST} recorded {expected[:12]}...): it is corrupt or was replaced; use another "
+            f"checkpoint, or pass --no-verify to load it anyway")
 
 
 def make_info(model: torch.nn.Module, prepared: Mapping[str, Any], *, downsample: str,
@@ -85,14 +138,19 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict:
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, verify: bool = True) -> dict:
     """Load a checkpoint file's contents safely (see the module docstring).
 
     Raises:
-        CheckpointError: empty, truncated, foreign, untrusted (without ``trust_pickle``), or
-            without jnet info.
+        CheckpointError: empty, truncated, foreign, untrusted (without ``trust_pickle``), changed
+            since its run recorded its checksum (with ``verify``), or without jnet info.
     """
     path = Path(path)
+    if verify:
+        try:
+            verify_checksum(path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from e
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -149,7 +207,8 @@ def config_differences(found: Mapping[str, Any], expected: Mapping[str, Any]) ->
 
 
 def load_model(path: str | os.PathLike, trust_pickle: bool = False,
-               expect_config: Optional[Mapping[str, Any]] = None) -> tuple[torch.nn.Module, dict]:
+               expect_config: Optional[Mapping[str, Any]] = None,
+               verify: bool = True) -> tuple[torch.nn.Module, dict]:
     """Build the model a checkpoint describes and load its weights.
 
     Args:
@@ -157,6 +216,7 @@ def load_model(path: str | os.PathLike, trust_pickle: bool = False,
         trust_pickle: allow a checkpoint that needs full unpickling (runs code from the file).
         expect_config: build_model fields the checkpoint must match (None values match anything);
             a mismatch is refused before any weights are loaded.
+        verify: check the SHA-256 its run recorded (see :func:`verify_checksum`).
 
     Returns:
         ``(model in eval mode on the CPU, info)``; ``info`` holds model, task, channels, size,
@@ -166,10 +226,18 @@ def load_model(path: str | os.PathLike, trust_pickle: bool = False,
         CheckpointError: see :func:`read_checkpoint`; differing config fields (all listed); weights
             that do not fit the model.
     """
+    file = resolve(path)
+    ckpt = read_checkpoint(file, trust_pickle=trust_pickle, verify=verify)
+    model, info = model_from_checkpoint(ckpt, file, expect_config)
+    return model.eval(), info
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], file: Path,
+                          expect_config: Optional[Mapping[str, Any]] = None
+                          ) -> tuple[torch.nn.Module, dict]:
+    """Build the model of a read checkpoint and load its weights (CheckpointError if they differ)."""
     from jnet.models import build_model
 
-    file = resolve(path)
-    ckpt = read_checkpoint(file, trust_pickle=trust_pickle)
     info = dict(ckpt["jnet"])
     config = info.get("model")
     if not isinstance(config, dict):
@@ -188,7 +256,7 @@ def load_model(path: str | os.PathLike, trust_pickle: bool = False,
     except RuntimeError as e:
         raise CheckpointError(f"{file}: the weights do not fit the model of its config "
                               f"({_first_line(e)})") from e
-    return model.eval(), info
+    return model, info
 
 
 def _first_byte(path: Path) -> bytes:

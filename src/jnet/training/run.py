@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import warnings
 from pathlib import Path
@@ -30,8 +31,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from jnet.cache.reader import open_prepared
-from jnet.errors import ConfigError, JnetError
+from jnet.errors import CheckpointError, ConfigError, DataError, JnetError, OutputError
 from jnet.training import rundir
+from jnet.training.checkpoint import model_from_checkpoint, read_checkpoint
+from jnet.training.checkpoint_io import AtomicCheckpointIO
 from jnet.training.config import Config
 from jnet.training.datamodule import PreparedDataModule
 from jnet.training.module import MONITOR, EpochSeed, JNetModule
@@ -127,30 +130,45 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
     root, prepared = read_prepared(config)
     config = fill_from_cache(config, prepared, root)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    # Model and data are checked before the run directory is touched: bad input writes nothing.
+    # Model, data and splits are checked before the run directory is touched: bad input writes nothing.
     module = JNetModule(config, prepared)
     check_loss_weights(config, module.model)
     datamodule = _datamodule(config, root, module.model.in_size)
+    datamodule.setup("fit")  # reads splits.json: a leak or an empty split is refused here
 
     rank0 = is_rank_zero()
+    created = not run_dir.exists()
     with _process_state(quiet):
         # Made before the run directory is claimed: bad hardware settings fail with nothing written.
-        trainer = _trainer(config, run_dir, quiet, callbacks)
+        io = AtomicCheckpointIO(run_dir)
+        trainer = _trainer(config, run_dir, quiet, callbacks, io)
         lock = rundir.claim(run_dir, resume=resume, overwrite=overwrite) if rank0 else None
         status = "failed"
         try:
-            manifest = rundir.begin(run_dir, config, module.info, root, resume) if rank0 else {}
+            previous = None
+            if resume and rank0:  # every check, the ones evaluate and export make included,
+                previous = rundir.check_resume(run_dir, config, root)  # before a file changes
+                check_resumable(rundir.last_checkpoint(run_dir), module)
+            manifest = rundir.begin(run_dir, config, module.info, root, previous) if rank0 else {}
+            io.checksums = dict(manifest.get("checksums") or {})
             try:
                 _fit(trainer, module, datamodule, rundir.last_checkpoint(run_dir) if resume else None)
                 status = "interrupted" if trainer.interrupted else "finished"
+            except OutputError:
+                raise
             except OSError as e:  # disk full, read-only, I/O error: name the file
                 raise JnetError(f"training in {run_dir} stopped by an I/O error on "
                                 f"{e.filename or 'a file'}: {e.strerror or e}; the last complete "
                                 f"checkpoint, if any, is {rundir.last_checkpoint(run_dir)}") from e
             finally:
                 if rank0:
+                    epochs = max(int(trainer.current_epoch), int(manifest.get("epochs_done") or 0))
                     _close_manifest(run_dir, manifest, status, _best(trainer, run_dir, module),
-                                    int(trainer.current_epoch), module)
+                                    epochs, module, io.checksums)
+        except (ConfigError, DataError, CheckpointError):
+            if created and rank0 and not any((run_dir / "checkpoints").glob("*.ckpt")):
+                shutil.rmtree(run_dir, ignore_errors=True)  # refused: leave nothing behind
+            raise
         finally:
             if lock is not None:
                 lock.release()
@@ -159,9 +177,24 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
     return run_dir
 
 
+def check_resumable(path: Path, module: JNetModule) -> None:
+    """Refuse a ``last.ckpt`` that is corrupt, pickled, changed since it was written, or of another
+    model than the config's, as :func:`jnet.training.checkpoint.load_model` does.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong.
+    """
+    ckpt = read_checkpoint(path)
+    model_from_checkpoint(ckpt, path, expect_config=module.model.config)
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise CheckpointError(f"{path}: not a training checkpoint (no optimizer or loop state): "
+                              f"it cannot be resumed; start a new run from it instead")
+
+
 def _close_manifest(run_dir: Path, manifest: dict, status: str, best: Optional[dict],
-                    epochs: int, module: JNetModule) -> None:
-    closed = rundir.end_session(manifest, status, best=best or manifest.get("best"), epochs_done=epochs)
+                    epochs: int, module: JNetModule, checksums: Mapping[str, str]) -> None:
+    closed = rundir.end_session(manifest, status, best=best or manifest.get("best"), epochs_done=epochs,
+                                checksums=dict(sorted(checksums.items())))
     # info.json also says how validation went: a degenerate best model is named, not hidden
     info = {**module.info, "validation": {
         "best_epoch": (module.best_validation() or {}).get("epoch"),
@@ -201,7 +234,8 @@ def is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callback]) -> L.Trainer:
+def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callback],
+             io: AtomicCheckpointIO) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -226,7 +260,7 @@ def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callb
             max_epochs=t.epochs, accelerator=t.accelerator, devices=devices, strategy=t.strategy,
             num_nodes=t.num_nodes, precision=t.precision,
             deterministic="warn" if t.deterministic else None,
-            callbacks=callbacks, logger=loggers, default_root_dir=run_dir,
+            callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=[io],
             enable_progress_bar=not quiet, enable_model_summary=not quiet,
             # None when 1.0: Lightning then does not announce "100% of the batches will be used".
             limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,

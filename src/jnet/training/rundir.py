@@ -219,29 +219,36 @@ def end_session(manifest: dict, status: str, **fields: Any) -> dict:
     return manifest
 
 
-def begin(run_dir: Path, config: Any, info: dict, root: Path, resume: bool) -> dict:
-    """Check a resumed run against its directory, then write config.yaml, info.json and the
-    manifest with a new session (rank 0 only).
+def check_resume(run_dir: Path, config: Any, root: Path) -> dict:
+    """The manifest of the run to resume, once its config and data are known to match.
 
     Raises:
-        ConfigError: resuming with other config fields than :data:`RESUMABLE`, or other data.
+        ConfigError: other config fields than :data:`RESUMABLE` differ, or the data changed.
     """
-    manifest = None
-    if resume:
-        previous = load_config(run_dir / "config.yaml")
-        changed = [name for name in diff(previous, config) if name not in RESUMABLE]
-        if changed:
-            raise ConfigError(f"--resume: the config differs from the run's {run_dir / 'config.yaml'} "
-                              f"in {', '.join(changed)}; only {', '.join(RESUMABLE)} may change")
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        before = manifest.get("data", {}).get("fingerprint")
-        current = data_fingerprint(root)
-        if before and before != current:
-            raise ConfigError(f"--resume: the prepared data {root} changed since the run started "
-                              f"(prepared.json/splits.json fingerprint {before[:12]} -> {current[:12]})")
+    previous = load_config(run_dir / "config.yaml")
+    changed = [name for name in diff(previous, config) if name not in RESUMABLE]
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the run's {run_dir / 'config.yaml'} "
+                          f"in {', '.join(changed)}; only {', '.join(RESUMABLE)} may change")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    before = manifest.get("data", {}).get("fingerprint")
+    current = data_fingerprint(root)
+    if before and before != current:
+        raise ConfigError(f"--resume: the prepared data {root} changed since the run started "
+                          f"(prepared.json/splits.json fingerprint {before[:12]} -> {current[:12]})")
+    return manifest
+
+
+def begin(run_dir: Path, config: Any, info: dict, root: Path, previous: Optional[dict]) -> dict:
+    """Write config.yaml, info.json and the manifest with a new session (rank 0 only).
+
+    Args:
+        previous: the manifest of the run being resumed (:func:`check_resume`), or None.
+    """
     dump_yaml(config, run_dir / "config.yaml")
     write_json(run_dir / "info.json", info)
-    manifest = start_session(manifest, seed=config.train.seed, data_dir=root, resumed=resume)
+    manifest = start_session(previous, seed=config.train.seed, data_dir=root,
+                             resumed=previous is not None)
     write_json(run_dir / "manifest.json", manifest)
     return manifest
 
