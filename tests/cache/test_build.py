@@ -11,7 +11,7 @@ import pytest
 from jnet.cache import build as prepare_module
 from jnet.cache.build import prepare_dataset
 from jnet.cache.splits import load_splits, make_splits, split_indices, write_splits
-from jnet.errors import ConfigError, DataError
+from jnet.errors import OutputError, ConfigError, DataError
 from jnet.transforms.slicing import image_to_slices, label_to_slices, normalise
 
 
@@ -167,10 +167,10 @@ def test_crash_mid_prepare_leaves_no_cache(small_msd, tmp_path, monkeypatch):
 
 def test_crash_after_arrays_before_metadata(small_msd, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(prepare_module, "write_json", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"cache: cannot write the output folder \(No space left"):
         prepare_dataset(small_msd, tmp_path / "cache", size=4, progress=False)
     assert not (tmp_path / "cache").exists()
     assert list(tmp_path.iterdir()) == [small_msd]

@@ -118,7 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from jnet.errors import ConfigError
-    from jnet.deploy.predict import predict_paths
+    from jnet.deploy.predict import predict_paths, summary_lines
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
@@ -128,8 +128,10 @@ def run_predict(args: argparse.Namespace) -> int:
                             trust_pickle=args.trust_pickle, threads=args.threads,
                             verify=not args.no_verify,
                             echo=lambda line: print(line, flush=True))
-    print(f"predicted {len(records)} input(s) into {args.out}", file=sys.stderr)
-    return 0
+    for line in summary_lines(records):
+        print(line, file=sys.stderr)
+    print(f"outputs in {args.out}", file=sys.stderr)
+    return 2 if any(r["status"] != "ok" for r in records) else 0
 
 
 def run_bench(args: argparse.Namespace) -> int:

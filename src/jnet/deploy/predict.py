@@ -8,6 +8,9 @@ onto the input's own voxel grid (nearest), decoded to the dataset's label values
 header. Optional: probability maps, overlay PNGs. Every file is written atomically; existing
 outputs are refused unless ``overwrite``. One JSON line per input (timings per stage) goes to
 ``predictions.jsonl`` in the output folder and to the caller.
+
+A bad input (unreadable, wrong channels, ...) does not stop a batch: its record says
+``"status": "failed"`` and why, the files it had written are removed, and the next input runs.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ import numpy as np
 
 from jnet.deploy.runtime import ModelMeta, Predictor
 from jnet.deploy.writers import label_dtype, write_nifti, write_overlay, write_png
-from jnet.errors import DataError
+from jnet.errors import DataError, JnetError
 from jnet.sources.brats import edition_of
 from jnet.sources.readers import is_hidden, is_nifti, is_png, nifti_stem
 from jnet.sources.volume import load_volume
-from jnet.utils.atomic import atomic_write, write_text
+from jnet.utils.atomic import atomic_write, check_writable, write_text
 
 STAGES = ("load", "preprocess", "model", "postprocess", "write")
 LOG_NAME = "predictions.jsonl"
@@ -179,7 +182,9 @@ def _header(item: Item) -> Any | None:
 
 def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
                  batch_size: int = 16, write: bool = True) -> dict[str, Any]:
-    """Predict one input and write its outputs; return its JSON record (timings in seconds)."""
+    """Predict one input and write its outputs; return its JSON record (timings in seconds).
+
+    If writing fails part-way, the outputs of this input already written are removed."""
     import jnet.transforms.lowres  # noqa: F401 - imported before the clock starts: time work, not imports
     import jnet.transforms.slicing  # noqa: F401
     import jnet.transforms.tasks  # noqa: F401
@@ -206,7 +211,12 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
     labels = labels.astype(label_dtype(labels))
     lap("postprocess")
     if write:
-        _write(item, files, loaded, header, labels, encoded, probs, axis, meta)
+        try:
+            _write(item, files, loaded, header, labels, encoded, probs, axis, meta)
+        except BaseException:
+            for path in files.values():  # each file is atomic; the set of them is made so here
+                path.unlink(missing_ok=True)
+            raise
     lap("write")
     if labels.dtype == np.uint8:  # bincount: 10x faster than unique on a large mask
         counts = np.bincount(labels.ravel(), minlength=1)
@@ -221,6 +231,7 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
         "labels": {str(int(v)): int(c) for v, c in zip(values, counts)},
         "timing_s": {k: round(timing[k], 6) for k in STAGES},
         "total_s": round(sum(timing.values()), 6),
+        "status": "ok",
     }
 
 
@@ -264,7 +275,8 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
         threads: intra-op threads of the backend.
         echo: called with each JSON line as it is produced (the CLI prints it).
     Returns:
-        One record per input: outputs, shape, label voxel counts, ``timing_s`` per stage.
+        One record per input: ``status`` ``"ok"`` with outputs, shape, label voxel counts and
+        ``timing_s`` per stage, or ``"failed"`` with ``error`` (the input's outputs are removed).
     """
     if not isinstance(model, Predictor):
         model = Predictor.from_path(model, allow_no_metadata=allow_no_metadata,
@@ -280,11 +292,18 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
     if existing and not overwrite:
         shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
         raise DataError(f"{out}: output(s) exist: {shown}; pass --overwrite to replace them")
+    check_writable(out, what="predictions")
     from tqdm.auto import tqdm
 
     records, lines = [], []
     for item, files in tqdm(plan, desc="predict", unit="input", disable=None if len(plan) > 1 else True):
-        record = predict_item(model, item, files, batch_size=batch_size)
+        try:
+            record = predict_item(model, item, files, batch_size=batch_size)
+        except Exception as e:  # noqa: BLE001 - one bad input must not stop the batch
+            if len(plan) == 1:
+                raise
+            why = str(e) if isinstance(e, (JnetError, OSError)) else f"{type(e).__name__}: {e}"
+            record = {"input": str(item.path), "status": "failed", "error": why.splitlines()[0]}
         records.append(record)
         lines.append(json.dumps(record, sort_keys=True))
         write_text(log_path, "\n".join(lines) + "\n")  # rewritten whole: atomic, never half a line
@@ -293,5 +312,15 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
     return records
 
 
-__all__ = ["Item", "discover_inputs", "check_volume", "preprocess", "postprocess", "predict_item",
+def summary_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per input: ``ok  INPUT -> MASK`` or ``failed  INPUT: why``, and a count."""
+    lines = [f"ok      {r['input']} -> {r['outputs']['mask']}" if r["status"] == "ok"
+             else f"failed  {r['input']}: {r['error']}" for r in records]
+    failed = sum(r["status"] != "ok" for r in records)
+    lines.append(f"{len(records) - failed} of {len(records)} input(s) predicted"
+                 + (f", {failed} failed" if failed else ""))
+    return lines
+
+
+__all__ = ["Item", "summary_lines", "discover_inputs", "check_volume", "preprocess", "postprocess", "predict_item",
            "predict_paths", "write_nifti", "STAGES"]

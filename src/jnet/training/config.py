@@ -135,7 +135,15 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from e
     raw = {} if raw is None else raw
-    return config_from_dict(apply_overrides(raw, overrides, source=str(path)), source=str(path))
+    try:
+        return config_from_dict(apply_overrides(raw, overrides, source=str(path)), source=str(path))
+    except ConfigError as e:
+        # a bad value given on the command line is blamed on the command line, not on the file
+        blamed = [item for item in overrides if item.partition("=")[0].strip() in str(e)]
+        prefix = f"{path}: "
+        if blamed and str(e).startswith(prefix):
+            raise ConfigError(f"override {blamed[-1]!r}: {str(e)[len(prefix):]}") from e
+        raise
 
 
 def apply_overrides(raw: Mapping, overrides: Sequence[str], source: str = "config") -> dict:

@@ -104,12 +104,15 @@ def encode_label(label, task: dict):
     return out
 
 
-def decode_label(encoded, task: dict, priority: list[str] | None = None):
+def decode_label(encoded, task: dict):
     """Inverse of encode_label for writing masks in the dataset's own label values.
 
     binary -> the first source value of the foreground; multiclass -> each class's first source
-    value; regions -> each pixel gets the source value that is in all regions the pixel is in and
-    in no other (e.g. BraTS: WT only -> 2, WT+TC -> 1, WT+TC+ET -> 4). Shape: kept.
+    value; regions -> hierarchical, as nnU-Net's ``regions_class_order``: regions are painted
+    from the largest label set to the smallest (BraTS: WT, TC, ET), each with the value that is
+    its own (in it and in no region inside it: WT -> 2, TC -> 1, ET -> 4). Every voxel with any
+    region predicted gets a label, also for combinations a nested label map cannot hold (ET
+    without TC -> 4, TC without WT -> 1). Shape: kept.
     """
     import numpy as np
 
@@ -123,8 +126,19 @@ def decode_label(encoded, task: dict, priority: list[str] | None = None):
         for i, name in enumerate(names[1:], start=1):
             out[encoded == i] = task["labels"][name][0]
         return out
-    values = sorted({v for name in names for v in task["labels"][name]})
-    for value in values:
-        code = sum(1 << i for i, name in enumerate(names) if value in task["labels"][name])
-        out[encoded == code] = value
+    encoded = np.asarray(encoded)
+    for i, value in region_order(task):
+        out[(encoded >> i) & 1 == 1] = value
     return out
+
+
+def region_order(task: dict) -> list[tuple[int, int]]:
+    """``(bit, label value)`` of each region of a regions task, in painting order (outer first)."""
+    sets = {name: set(task["labels"][name]) for name in task["names"]}
+    order = sorted(range(len(task["names"])), key=lambda i: (-len(sets[task["names"][i]]), i))
+    painted = []
+    for i in order:
+        own = sets[task["names"][i]]
+        inner = set().union(*(v for n, v in sets.items() if v < own)) if own else set()
+        painted.append((i, min(own - inner or own)))
+    return painted
