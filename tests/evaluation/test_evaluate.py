@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from jnet.errors import DataError
+from jnet.errors import OutputError, DataError
 from jnet.evaluation.evaluate import evaluate, summary_table
 
 S, SMALL = 32, 8
@@ -261,7 +261,8 @@ def test_crash_while_overwriting_keeps_the_previous_results(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("jnet.evaluation.overlays.save_overlay", broken)
-    with pytest.raises(DataError, match=r"overlays/0001_best_case_\d\d\.png: cannot write it \(No space"):
+    with pytest.raises(OutputError, match=r"overlays/0001_best_case_\d\d\.png: cannot write the output "
+                                          r"\(No space.*metrics\.json was not updated"):
         evaluate(oracle, info_for(), root, out_dir=out, overlays=1, overwrite=True, quiet=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "overlays", "per_case.csv", "per_slice.csv"]

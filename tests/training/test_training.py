@@ -259,16 +259,16 @@ def test_disk_full_names_the_checkpoint_and_keeps_the_last_good_one(cache, tmp_p
     from jnet.training.checkpoint import load_model
     from jnet.training.run import train
 
-    real, saved = checkpoint_io._save, []
+    real, saved = checkpoint_io._write, []
 
-    def full_after_two(checkpoint, path):  # epoch 0 writes best + last, then the disk is full
+    def full_after_two(f, data):  # epoch 0 writes best + last, then the disk is full
         if len(saved) >= 2:
-            Path(path).write_bytes(b"PK" + b"\0" * 1000)
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        saved.append(path)
-        real(checkpoint, path)
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(f)
+        real(f, data)
 
-    monkeypatch.setattr(checkpoint_io, "_save", full_after_two)
+    monkeypatch.setattr(checkpoint_io, "_write", full_after_two)
     with pytest.raises(JnetError, match=r"checkpoints/(best|last)\.ckpt: cannot write the checkpoint "
                                         r"\(No space left on device"):
         train(config_from_dict(tiny(cache)), tmp_path / "run", quiet=True)

@@ -28,6 +28,21 @@ def comma_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+@contextlib.contextmanager
+def as_options(names: dict[str, str]) -> Iterator[None]:
+    """Name config fields by the command-line options that set them in errors of the block
+    (``{"data.fold": "--fold"}``: the library checks the field, the user typed the option)."""
+    from jnet.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as e:
+        for field, option in names.items():
+            if str(e).startswith(f"{field}:"):
+                raise ConfigError(option + str(e)[len(field):]) from e
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jnet",

@@ -90,13 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from jnet.cli import as_options
     from jnet.deploy.export import export_onnx, export_torchscript
 
-    result = export_onnx(args.source, args.out, opset=args.opset, int8=args.int8, calib=args.calib,
-                         calib_fold=args.fold, force=args.force, overwrite=args.overwrite,
-                         trust_pickle=args.trust_pickle, fold_head=not args.no_fold,
-                         verify=not args.no_verify,
-                         int8_symmetric=args.int8_symmetric)
+    with as_options({"data.fold": "--fold"}):
+        result = export_onnx(args.source, args.out, opset=args.opset, int8=args.int8, calib=args.calib,
+                             calib_fold=args.fold, force=args.force, overwrite=args.overwrite,
+                             trust_pickle=args.trust_pickle, fold_head=not args.no_fold,
+                             verify=not args.no_verify,
+                             int8_symmetric=args.int8_symmetric)
     meta = result.meta
     worst = max(result.parity.values()) if result.parity else float("nan")
     print(f"wrote {result.path}: {meta.precision}, input (B, {meta.in_channels}, {meta.in_size}, "

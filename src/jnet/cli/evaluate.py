@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then print a Markdown summary table and where the files are."""
+    from jnet.cli import as_options
     from jnet.errors import ConfigError
     from jnet.evaluation.evaluate import evaluate_path, summary_table
 
@@ -44,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
     if args.overlays < 0:
         raise ConfigError(f"--overlays: expected 0 or more, found {args.overlays}")
-    metrics = evaluate_path(
-        args.source, args.data, trust_pickle=args.trust_pickle, verify=not args.no_verify,
-        split=args.split, fold=args.fold,
-        out_dir=args.out, batch_size=args.batch_size, native=args.native, overlays=args.overlays,
-        device=args.device, overwrite=args.overwrite,
-    )
+    with as_options({"data.fold": "--fold", "split": "--split"}):
+        metrics = evaluate_path(
+            args.source, args.data, trust_pickle=args.trust_pickle, verify=not args.no_verify,
+            split=args.split, fold=args.fold, out_dir=args.out, batch_size=args.batch_size,
+            native=args.native, overlays=args.overlays, device=args.device,
+            overwrite=args.overwrite)
     out = Path(args.out)
     up = metrics.get("logits_upsampled_from")
     print(f"{metrics['split']} split: {metrics['n_slices']} slices, {metrics['n_cases']} cases, "

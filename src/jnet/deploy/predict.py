@@ -211,10 +211,12 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
     labels = labels.astype(label_dtype(labels))
     lap("postprocess")
     if write:
+        written: list[Path] = []
         try:
-            _write(item, files, loaded, header, labels, encoded, probs, axis, meta)
+            _write(item, files, loaded, header, labels, encoded, probs, axis, meta, written)
         except BaseException:
-            for path in files.values():  # each file is atomic; the set of them is made so here
+            # each file is atomic (a failed one keeps its previous version); the set is made so here
+            for path in written:
                 path.unlink(missing_ok=True)
             raise
     lap("write")
@@ -236,19 +238,26 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
 
 
 def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels: np.ndarray,
-           encoded: np.ndarray, probs: np.ndarray | None, axis: int, meta: ModelMeta) -> None:
+           encoded: np.ndarray, probs: np.ndarray | None, axis: int, meta: ModelMeta,
+           written: list[Path]) -> None:
+    """Write the outputs of one input, appending each finished file to ``written``."""
     if item.kind == "png":
         write_png(files["mask"], labels[:, :, 0])
+        written.append(files["mask"])
         if probs is not None:
             with atomic_write(files["probabilities"], "wb") as f:
                 np.save(f, probs[..., 0].astype(np.float32))
+            written.append(files["probabilities"])
     else:
         write_nifti(files["mask"], labels, loaded.affine, header)
+        written.append(files["mask"])
         if probs is not None:  # (classes, X, Y, Z) -> (X, Y, Z, classes), the MSD channel layout
             write_nifti(files["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32),
                         loaded.affine, header)
+            written.append(files["probabilities"])
     if "overlay" in files:
         write_overlay(files["overlay"], loaded.image, encoded, axis, meta, title=item.name)
+        written.append(files["overlay"])
 
 
 def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | os.PathLike],

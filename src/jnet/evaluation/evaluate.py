@@ -27,12 +27,12 @@ import torch
 from jnet import __version__
 from jnet.cache.reader import SliceDataset, make_loader, open_prepared
 from jnet.cache.schema import check_compatible
-from jnet.errors import ConfigError, DataError
+from jnet.errors import ConfigError, DataError, OutputError
 from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector
 from jnet.models.blocks import upsample_bilinear
 from jnet.training.checkpoint import load_model, resolve
 from jnet.transforms import tasks
-from jnet.utils.atomic import swap_dir, write_json, write_text
+from jnet.utils.atomic import output_error, swap_dir, write_json, write_text
 from jnet.utils.options import choose
 
 SPLITS = ("test", "val", "train", "all")
@@ -223,7 +223,8 @@ def _render_overlays(out_dir: Path, model, dataset, collector: MetricsCollector,
     n = len(ranked)
     ranks = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(count, n))})
     case_index = {case["case_id"]: i for i, case in enumerate(collector.cases)}
-    tmp = Path(tempfile.mkdtemp(prefix=".overlays.", suffix=".partial", dir=out_dir))
+    with _writing(out_dir / "overlays"):
+        tmp = Path(tempfile.mkdtemp(prefix=".overlays.", suffix=".partial", dir=out_dir))
     try:
         for rank in ranks:
             row = ranked[rank]
@@ -267,11 +268,11 @@ def _cell(v: Any) -> Any:
 
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """Turn an OS error (disk full, permissions) while writing ``path`` into a DataError naming it."""
+    """Name ``path`` (not a staging file) when writing it fails (disk full, read-only)."""
     try:
         yield
-    except OSError as e:
-        raise DataError(f"{path}: cannot write it ({e.strerror or e}); metrics.json was not updated") from e
+    except (OSError, OutputError) as e:
+        raise OutputError(f"{output_error(path, e)}; metrics.json was not updated") from e
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

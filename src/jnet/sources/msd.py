@@ -129,9 +129,11 @@ def scan(root: Path) -> Found:
 
     cases: list[Case] = []
     missing: list[str] = []
+    listed: set[Path] = set()  # every image dataset.json names, usable or not
     for entry, labelled in [(e, True) for e in training] + [(e, False) for e in test]:
         image = _resolve(root, entry["image"])
         label = _resolve(root, entry["label"]) if labelled else None
+        listed.add(image)
         pairs = ((entry["image"], image), (entry.get("label"), label))
         absent = [rel for rel, p in pairs if p is not None and not p.is_file()]
         missing.extend(absent)
@@ -143,7 +145,6 @@ def scan(root: Path) -> Found:
     if missing:
         problems.append(Problem(
             manifest, f"dataset.json references {len(missing)} file(s) that do not exist: {', '.join(missing)}"))
-    listed = {c.images[0] for c in cases}
     for folder in ("imagesTr", "imagesTs"):
         extra = sorted(
             p.name for p in (root / folder).glob("*")

@@ -150,7 +150,9 @@ def read_nifti(path: Path, *, label: bool = False) -> tuple[np.ndarray, np.ndarr
         why = _gzip_problem(path) if path.name.lower().endswith(".gz") else None
         if why:
             raise DataError(f"{path}: {why}") from e
-        raise DataError(f"{path}: truncated or corrupt NIfTI file ({type(e).__name__}: {e})") from e
+        # nibabel's messages span lines ("... - could the file be damaged?"): one line here
+        detail = " ".join(str(e).replace(str(path), path.name).split())
+        raise DataError(f"{path}: truncated or corrupt NIfTI file ({type(e).__name__}: {detail})") from e
     if label:
         data = as_label(data, path)
     return data, affine

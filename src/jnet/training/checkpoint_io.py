@@ -4,6 +4,8 @@ Kept apart from :mod:`jnet.training.checkpoint` so that loading a model needs no
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -11,17 +13,21 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from jnet.training.checkpoint import MANIFEST, recorded_checksums, sha256_of
-from jnet.utils.atomic import atomic_path, write_json
+from jnet.training.checkpoint import MANIFEST, recorded_checksums
+from jnet.utils.atomic import atomic_write, write_json
 
-_save = torch.save  # one name for tests that simulate a full disk
+
+def _write(f: Any, data: bytes) -> None:  # one name for tests that simulate a full disk
+    f.write(data)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint plugin: atomic saves in the target's own folder, checksums recorded.
 
     Lightning's own save goes through a temporary file in the system temp dir and then copies it,
-    which is not atomic when the run directory is on another filesystem.
+    which is not atomic when the run directory is on another filesystem. The checkpoint is
+    serialised in memory first: torch.save onto a full disk raises a RuntimeError that does not
+    say why, a plain write an OSError that does.
 
     Args:
         run_dir: the run directory whose ``manifest.json`` gets the checksums.
@@ -37,10 +43,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("storage_options are not supported by jnet's checkpoint writer")
         path = Path(path)
-        with atomic_path(path, "checkpoint") as tmp:  # OutputError naming path, not tmp
-            _save(checkpoint, tmp)
-            digest = sha256_of(tmp)
-        self._record(path, digest)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        with atomic_write(path, "wb", "checkpoint") as f:  # OutputError naming path, not the temp file
+            _write(f, data)
+        self._record(path, hashlib.sha256(data).hexdigest())
 
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)
