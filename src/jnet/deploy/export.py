@@ -27,7 +27,7 @@ from jnet.deploy.runtime import CHECKSUM_KEY, INPUT_NAME, OUTPUT_NAME, ModelMeta
 from jnet.errors import ConfigError, ExportError, JnetError
 from jnet.models.fold import fold_head
 from jnet.training.checkpoint import load_model
-from jnet.utils.atomic import atomic_path
+from jnet.utils.atomic import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,7 @@ def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: b
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: exists; pass --overwrite to replace it")
+    check_writable(out.parent, what="exported model")  # before parity checks and calibration
     if int8 and calib is None:
         raise ExportError("--int8: needs calibration data; pass --calib PREPARED_DIR (a slice cache "
                           "made by `jnet data prepare`)")

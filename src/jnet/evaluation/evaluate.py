@@ -32,7 +32,7 @@ from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsColl
 from jnet.models.blocks import upsample_bilinear
 from jnet.training.checkpoint import load_model, resolve
 from jnet.transforms import tasks
-from jnet.utils.atomic import output_error, swap_dir, write_json, write_text
+from jnet.utils.atomic import check_writable, output_error, swap_dir, write_json, write_text
 from jnet.utils.options import choose
 
 SPLITS = ("test", "val", "train", "all")
@@ -53,12 +53,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise DataError(f"{out_dir}: already holds evaluation results ({', '.join(existing)}); "
                         "pass overwrite=True (--overwrite) or choose another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out_dir}: cannot create the output directory ({e.strerror})") from e
-    if not os.access(out_dir, os.W_OK):
-        raise DataError(f"{out_dir}: output directory is not writable")
+    check_writable(out_dir, what="evaluation results")  # before the slow part, not after it
 
 
 # ----------------------------------------------------------------------------- the command
