@@ -1,8 +1,9 @@
 """Eager CPU throughput of the base alone vs J-Net (folded and unfolded head), as a Markdown table.
 
 For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = that base plus a
-head up to S (256; 320 for s = 80 and 160): the published head (``--head paper``), evaluated with
-the folded head (the way to deploy it) and unfolded (to show what the fold buys), or jnet's
+head up to S (256; 320 for s = 80 and 160): the published head (``--head paper``), evaluated on
+the default eval path (``model.eval(); model(x)``, which folds an affine head by itself) and
+unfolded (``auto_fold = False``, to show what the fold buys), or jnet's
 subpixel head (``--head subpixel``), which runs as it is. Parameters, MACs per image, images/s at
 each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
 every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the head is free).
@@ -14,6 +15,7 @@ every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -54,8 +56,10 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
                        head=head).eval()
     # the base as the baselines use it: one logit channel (a subpixel J-Net's base emits more)
     base = build_model(arch="base", variant="faithful", width=width, in_size=s).eval()
-    deployed = fold_head(jnet) if jnet.head.foldable else jnet
-    models = {"base": base, "folded": deployed, "unfolded": jnet}
+    # the default eval path (an affine head folds itself) against the head as trained
+    unfolded = copy.deepcopy(jnet)
+    unfolded.auto_fold = False
+    models = {"base": base, "folded": jnet, "unfolded": unfolded}
     rows = []
     for batch in batches:
         x = torch.randn(batch, 1, s, s)
@@ -73,7 +77,7 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
         rows.append({
             "s": s, "S": big, "batch": batch,
             "params_base": count_parameters(base), "params_jnet": count_parameters(jnet),
-            "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(deployed, (1, 1, s, s)),
+            "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, 1, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
         })
     return rows
@@ -81,7 +85,7 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
 
 def markdown(rows: list[dict]) -> str:
     head = ("| s | S | batch | params base | params J-Net | MACs base | MACs J-Net | base img/s "
-            "| J-Net img/s (as deployed) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
+            "| J-Net img/s (default eval path) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(

@@ -292,6 +292,7 @@ def test_fold_parity(in_size, out_size, classes, head):
     assert folded.config == model.config and folded.output_scales == model.output_scales
     assert model.folded_head is None  # the original is untouched
     x = torch.randn(3, 1, in_size, in_size)
+    model.auto_fold = False  # the head as trained
     with torch.no_grad():
         want, got = model(x), folded(x)
     assert got.shape == (3, classes, out_size, out_size)
@@ -299,6 +300,48 @@ def test_fold_parity(in_size, out_size, classes, head):
     border = slice(0, out_size // in_size)  # the first low-resolution row's output block
     np.testing.assert_allclose(got[..., border, :].numpy(), want[..., border, :].numpy(),
                                rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["paper", "chain"])
+def test_eval_mode_folds_automatically_and_exactly(head):
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=128, classes=2, head=head).eval()
+    _randomise_head(model)
+    x = torch.randn(3, 1, 16, 16)
+    with torch.inference_mode():
+        fast = model(x)
+        model.auto_fold = False
+        slow = model(x)
+        model.auto_fold = True
+    assert model._auto_folded is not None and model.folded_head is None
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-4, atol=1e-5)
+    built = model._auto_folded[1]
+    with torch.no_grad():  # same weights: the fold is reused, also outside inference mode
+        np.testing.assert_allclose(model(x).numpy(), fast.numpy())
+    assert model._auto_folded[1] is built
+    assert not any(k.startswith("_auto") for k in model.state_dict())
+
+
+def test_auto_fold_follows_the_weights_and_training():
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=64).eval()
+    _randomise_head(model)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        for p in model.head.parameters():  # as an optimiser step or load_state_dict would
+            p.mul_(1.5)
+        after = model(x)
+        model.auto_fold = False
+        want = model(x)
+        model.auto_fold = True
+    assert not torch.allclose(before, after)
+    np.testing.assert_allclose(after.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    model.train()
+    assert model._auto_folded is None  # training drops the fold
+    model.eval()
+    out = model(x)  # autograd on: the head as trained, so gradients reach its weights
+    out.sum().backward()
+    assert model._auto_folded is None
+    assert all(p.grad is not None for p in model.head.parameters())
 
 
 def test_fold_finds_a_larger_radius():

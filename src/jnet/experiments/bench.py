@@ -15,6 +15,7 @@ machine hit all models alike; ratios are against the first row: compare models m
 """
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import re
@@ -30,7 +31,9 @@ import numpy as np
 from jnet.deploy.runtime import torch_threads
 from jnet.errors import ConfigError, DataError, JnetError
 
-BACKENDS = ("torch", "torch-folded", "onnxruntime", "int8")
+# torch: eager, the default path (an affine head folds itself in eval mode); torch-folded: the
+# explicitly folded copy (jnet.models.fold_head); torch-unfolded: the head as trained.
+BACKENDS = ("torch", "torch-folded", "torch-unfolded", "onnxruntime", "int8")
 SPEC = re.compile(r"^(jnet|baseline|base)(\d+)(?::(.*))?$")
 DEFAULT_S = 256  # the high-resolution grid of the paper's data, for specs
 CALIB_SLICES = 32
@@ -153,6 +156,11 @@ def make_predictor(subject: Subject, backend: str, *, threads: int | None = None
             model, head = subject.inference_module()
             if head != "folded":
                 raise ConfigError(f"{subject.name}: no affine J-Net head to fold")
+        elif backend == "torch-unfolded":
+            if not getattr(getattr(model, "head", None), "foldable", False):
+                raise ConfigError(f"{subject.name}: no affine J-Net head: torch-unfolded is torch")
+            model = copy.deepcopy(model)
+            model.auto_fold = False
         return Predictor.from_model(model, subject.info, threads=threads, source=subject.name)
     return Predictor.from_onnx(graph(subject, backend, calib), threads=threads, source=subject.name)
 
@@ -422,7 +430,9 @@ def _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib,
             skipped.append({"model": spec, "backend": backend, "reason": str(e)})
             continue
         meta = predictor.meta
-        head = {"torch": "module", "torch-folded": "folded"}.get(backend, meta.extra.get("head"))
+        auto = getattr(getattr(subject.model, "head", None), "foldable", False)
+        head = {"torch": "folded" if auto else "module", "torch-folded": "folded",
+                "torch-unfolded": "module"}.get(backend, meta.extra.get("head"))
         params, macs = count_model(subject, folded=head == "folded")
         predictors[(spec, backend)] = predictor
         rows.append({"model": spec, "backend": backend, "precision": meta.precision,

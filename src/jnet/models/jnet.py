@@ -67,6 +67,12 @@ class JNet(nn.Module):
 
     Shape: train ``(B, Cin, s, s) -> [(B, C, s*f, s*f) for f in head.factors]`` (``paper``:
     ``f = 1, 2, ..., 2**K``; ``subpixel``: ``f = 1, 2**K``); eval ``(B, Cin, s, s) -> (B, C, S, S)``.
+
+    Inference is fast by default: an eval-mode forward without autograd (``torch.no_grad`` or
+    ``torch.inference_mode``) of an affine (``foldable``) head runs the exact folded head of
+    :mod:`jnet.models.fold`, built on first use and rebuilt when the head's weights, dtype or
+    device change; entering training mode drops it. With autograd on, or ``auto_fold = False``,
+    the head runs as trained (so gradients reach its weights and the two paths can be measured).
     """
 
     def __init__(self, base: nn.Module, in_size: int, out_size: int, classes: int,
@@ -86,6 +92,9 @@ class JNet(nn.Module):
         self.output_scales = [in_size * f for f in factors]
         # set by jnet.models.fold.fold_head: exact inference-only replacement of `head`
         self.folded_head: nn.Module | None = None
+        self.auto_fold = True
+        # (weights key, FoldedHead): a tuple, so not a submodule (not in state_dict, not moved by .to)
+        self._auto_folded: tuple[tuple, nn.Module] | None = None
         self.config: dict[str, Any] = {
             "arch": "jnet", "in_channels": self.in_channels, "classes": classes, "in_size": in_size,
             "out_size": out_size, "head": head if isinstance(head, str) else type(head).__name__,
@@ -101,7 +110,31 @@ class JNet(nn.Module):
             return self.head(out, x)
         if self.folded_head is not None:
             return self.folded_head(out)
+        folded = self._fold_for_inference()
+        if folded is not None:
+            return folded(out)
         return self.head(out, x)[-1]
+
+    def train(self, mode: bool = True) -> "JNet":
+        self._auto_folded = None  # training changes the weights: fold again at the next eval
+        return super().train(mode)
+
+    def _fold_for_inference(self) -> nn.Module | None:
+        """The folded head for this eval forward, or None where the head must run as it is."""
+        if (not self.auto_fold or not getattr(self.head, "foldable", False) or torch.is_grad_enabled()
+                or tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+            return None  # exporters and compilers choose their own path (jnet export folds explicitly)
+        state = [*self.head.parameters(), *self.head.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in state)
+        if self._auto_folded is None or self._auto_folded[0] != key:
+            from jnet.models.fold import fold_affine_head
+
+            ref = state[0]
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in both modes
+                folded = fold_affine_head(self.head, self.in_size, self.classes,
+                                          self.out_size // self.in_size, ref.dtype).to(ref.device)
+            self._auto_folded = (key, folded)
+        return self._auto_folded[1]
 
 
 class Baseline(nn.Module):
