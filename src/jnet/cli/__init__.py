@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 import traceback
 import warnings
@@ -20,7 +21,7 @@ from typing import Iterator
 from jnet import __version__
 
 # Modules under jnet.cli that register sub-commands, in --help order.
-COMMAND_MODULES = ("data", "train", "evaluate", "deploy", "sweep")
+COMMAND_MODULES = ("data", "train", "evaluate", "deploy", "sweep", "config")
 
 
 def comma_list(text: str) -> list[str]:
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
     except JnetError as e:
         return _fail(args, str(e), e.exit_code)
+    except BrokenPipeError:  # `jnet config list | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # a file error no library call named: still one line, naming the file
         where = f"{e.filename}: " if e.filename else ""
         return _fail(args, f"{where}{describe_os_error(e)}", 2)

@@ -8,7 +8,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train, evaluate and bench a grid of models x input sizes x seeds",
                        description="Run (or resume) a sweep: every cell trains, evaluates and benches; "
                                    "finished cells are skipped. Writes results.csv/.md, plots and report.md.")
-    p.add_argument("--config", required=True, help="sweep YAML (see configs/sweeps/)")
+    p.add_argument("--config", required=True,
+                   help="sweep YAML, or a built-in name such as sweeps/heads (`jnet config list`)")
     p.add_argument("--out", required=True, help="sweep directory (re-run to resume)")
     p.add_argument("--data", help="prepared slice cache (overrides the sweep's data.path)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -29,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from jnet.experiments.sweep import run_sweep
+    from jnet.training.presets import locate
 
-    report = run_sweep(args.config, args.out, data=args.data, overrides=args.overrides, quiet=args.quiet)
+    report = run_sweep(locate(args.config), args.out, data=args.data, overrides=args.overrides, quiet=args.quiet)
     print(f"report: {report}")
     print((report.parent / "results.md").read_text())
     return 0

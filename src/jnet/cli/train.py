@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -12,10 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a J-Net (or a baseline) on a prepared slice cache. The run directory gets "
                     "the resolved config.yaml, manifest.json, info.json, checkpoints/ (best.ckpt by "
                     "validation Jaccard, last.ckpt) and logs/. See docs/training.md.",
-        epilog="example: jnet train --config configs/recommended/jnet16.yaml --out runs/j16 "
+        epilog="example: jnet train --config recommended/jnet16 --out runs/j16 "
                "data.path=data/prostate-256 train.epochs=50")
-    parser.add_argument("--config", type=Path, metavar="CFG.yaml",
-                        help="training config (with --resume, defaults to RUN_DIR/config.yaml)")
+    parser.add_argument("--config", metavar="CFG.yaml|NAME",
+                        help="training config: a YAML file or a built-in name such as "
+                             "recommended/jnet16 (`jnet config list`); default: the run's "
+                             "config.yaml with --resume, else recommended/jnet16")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides with dotted keys, e.g. data.path=/data/cache "
@@ -32,16 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from jnet.training.config import load_config
-    from jnet.errors import ConfigError
+    from jnet.training.presets import DEFAULT_TRAIN, locate
     from jnet.training.rundir import best_of, resume_config
     from jnet.training.run import is_rank_zero, train
 
     if args.config is not None:
-        config = load_config(args.config, args.overrides)
+        config = load_config(locate(args.config), args.overrides)
     elif args.resume:
         config = resume_config(args.out, args.overrides)
     else:
-        raise ConfigError("--config: required (only --resume can take the run's own config.yaml)")
+        print(f"config: {DEFAULT_TRAIN} (built in; `jnet config show {DEFAULT_TRAIN}`)", file=sys.stderr)
+        config = load_config(locate(DEFAULT_TRAIN), args.overrides)
     run_dir = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
                     quiet=args.quiet)
     if not is_rank_zero():  # under DDP every rank runs this command; one reports
