@@ -76,6 +76,10 @@ def test_export_matches_pytorch_and_round_trips_metadata(tmp_path, arch, options
         assert all(a.name != "auto_pad" or a.s in (b"", b"NOTSET") for a in node.attribute), node.name
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 2, SMALL, SMALL]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, model.out_size, model.out_size]  # static sizes, for TensorRT
+    from jnet import __version__
+    assert proto.producer_name == "jnet" and proto.producer_version == __version__
 
     x = np.random.default_rng(1).standard_normal((3, 2, SMALL, SMALL)).astype(np.float32)
     with torch.no_grad():

@@ -472,3 +472,16 @@ def test_head_learning_rate_scale():
     assert len(param_groups(baseline, train)) == 1  # no head: one group at lr
     with pytest.raises(ConfigError, match="train.head_lr_scale: expected a number > 0"):
         param_groups(jnet, TrainConfig(head_lr_scale=0.0))
+
+
+@pytest.mark.slow
+def test_run_directory_gets_curves_png(reference_run):
+    from PIL import Image
+
+    from jnet.training.curves import read_epochs
+
+    epochs = read_epochs(reference_run)
+    assert sorted(epochs) == [0, 1]
+    assert all({"train/loss_epoch", "val/loss", "val/jaccard"} <= set(v) for v in epochs.values())
+    with Image.open(reference_run / "curves.png") as image:
+        assert image.format == "PNG" and image.size[0] > 600

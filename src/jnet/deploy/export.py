@@ -202,6 +202,11 @@ def add_metadata(model_bytes: bytes, meta: ModelMeta) -> bytes:
         entry.key, entry.value = key, value
     proto.producer_name, proto.doc_string = "jnet", "jnet segmentation model; see metadata_props"
     proto.producer_version = __version__
+    # the exporter names the output's sizes symbolically; they are fixed: (batch, C, S, S)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(list(dims)[1:], (meta.classes, meta.out_size, meta.out_size)):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(size)
     onnx.checker.check_model(proto)
     return seal(proto.SerializeToString())
 

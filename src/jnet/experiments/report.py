@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from jnet.utils.atomic import atomic_path, write_text
+from jnet.utils.atomic import write_text
+from jnet.utils.plots import pyplot, save_png
 
 # Identity of a cell, then what is measured for it (quality, size, speed).
 KEY_FIELDS = ("model", "in_size", "out_size", "seed")
@@ -142,24 +143,9 @@ def read_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    fig.clf()
-
-
 def plot_quality_vs_size(aggregated: Sequence[dict], path: str | Path, metric: str = "jaccard") -> None:
     """Line plot: mean metric (± std band) against input size, one line per model."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in dict.fromkeys(a["model"] for a in aggregated):
         pts = sorted((a["in_size"], a[metric] * 100, a[f"{metric}_std"] * 100) for a in aggregated if a["model"] == model)
@@ -173,8 +159,7 @@ def plot_quality_vs_size(aggregated: Sequence[dict], path: str | Path, metric: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Quality against input resolution")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -190,7 +175,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "images_per_s") -> None:
     """Scatter of Jaccard against images/s (log x), the Pareto front drawn as a line."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     usable = [a for a in aggregated if math.isfinite(a.get(speed, float("nan"))) and math.isfinite(a["jaccard"])]
     for model in dict.fromkeys(a["model"] for a in usable):
@@ -209,8 +194,7 @@ def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "imag
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title("Quality against speed (labels: input size)")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_samples(samples: Sequence[dict], columns: Sequence[str], path: str | Path) -> None:
@@ -219,7 +203,7 @@ def plot_samples(samples: Sequence[dict], columns: Sequence[str], path: str | Pa
     Each sample maps a column title to a 2D array (image or mask); masks are drawn in colour over
     the row's ``"image"`` entry when present.
     """
-    plt = _figure()
+    plt = pyplot()
     fig, axes = plt.subplots(len(samples), len(columns), figsize=(2.2 * len(columns), 2.2 * len(samples)),
                              squeeze=False)
     for r, sample in enumerate(samples):
@@ -241,8 +225,7 @@ def plot_samples(samples: Sequence[dict], columns: Sequence[str], path: str | Pa
         if "label" in sample:
             axes[r][0].set_ylabel(sample["label"], fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str = "baseline") -> list[str]:

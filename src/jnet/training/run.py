@@ -36,6 +36,7 @@ from jnet.training import rundir
 from jnet.training.checkpoint import model_from_checkpoint, read_checkpoint
 from jnet.training.checkpoint_io import AtomicCheckpointIO
 from jnet.training.config import Config
+from jnet.training.curves import CURVES, plot_curves
 from jnet.training.datamodule import PreparedDataModule
 from jnet.training.module import MONITOR, EpochSeed, JNetModule
 from jnet.utils.atomic import write_json
@@ -203,8 +204,12 @@ def _close_manifest(run_dir: Path, manifest: dict, status: str, best: Optional[d
     for name, payload in (("manifest.json", closed), ("info.json", info)):
         try:
             write_json(run_dir / name, payload)
-        except OSError as e:  # e.g. the disk is full: keep the error that stopped training visible
+        except (OSError, JnetError) as e:  # e.g. the disk is full: keep the error that stopped training visible
             warnings.warn(f"{run_dir / name}: could not record the session's end ({e})")
+    try:
+        plot_curves(run_dir)
+    except (OSError, JnetError, ValueError) as e:  # a picture must never fail a run
+        warnings.warn(f"{run_dir / CURVES}: not drawn ({e})")
 
 
 @contextlib.contextmanager
