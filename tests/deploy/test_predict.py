@@ -303,6 +303,25 @@ def test_msd_volume_channels_are_selected_by_name(tmp_path):
     np.testing.assert_array_equal(adc.image[0], full.image[1])
 
 
+def test_msd_volume_outside_its_task_folder_needs_channels(tmp_path, capsys):
+    """A T2+ADC 4D file without its dataset.json: --channels names its channels, then T2 is picked."""
+    from jnet.sources.volume import load_volume
+
+    model = make_model(BINARY, 1)
+    path = tmp_path / "t2.onnx"
+    export_onnx((model, info_for(BINARY, ("T2",))), path)
+    src = write_volume(tmp_path / "loose.nii.gz", channels=2)
+    assert main(["predict", str(path), str(src), "-o", str(tmp_path / "a")]) == 2
+    assert "name a 4D file's channels with --channels" in capsys.readouterr().err
+    assert main(["predict", str(path), "-i", str(src), "-o", str(tmp_path / "b"),
+                 "--channels", "T2,ADC"]) == 0
+    assert (tmp_path / "b" / "loose.nii.gz").is_file()
+    picked = load_volume(src, ["T2"], file_channels=["T2", "ADC"])
+    np.testing.assert_array_equal(picked.image[0], load_volume(src).image[0])
+    with pytest.raises(DataError, match="--channels names 3 channel"):
+        load_volume(src, ["T2"], file_channels=["T2", "ADC", "DWI"])
+
+
 def test_torch_predictor_gives_the_thread_count_back():
     before = torch.get_num_threads()
     predictor = Predictor.from_model(make_model(BINARY, 1), info_for(BINARY, ("T2",)), threads=before + 1)

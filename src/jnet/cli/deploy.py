@@ -49,9 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Masks in each input's own geometry (shape, affine, header) and label values; "
                     "one JSON line per input with timings.")
     p.add_argument("model", metavar="MODEL", help=".onnx file (ONNX Runtime), run directory or checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="NIfTI file (3D or 4D), BraTS case folder, PNG slice, or a folder of those")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-i", "--input", dest="more_inputs", action="append", default=[], metavar="INPUT",
+                   help="an input as an option (nnU-Net's -i); may be repeated")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--channels", type=comma_list, default=None, metavar="T2,ADC",
+                   help="the channels of 4D NIfTI inputs in file order, where no dataset.json beside "
+                        "them names them (e.g. an MSD image outside its task folder)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.add_argument("--probabilities", action="store_true", help="also write probability maps")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="slices per model call")
@@ -124,7 +129,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
-    records = predict_paths(args.model, args.inputs, args.out, overlay=args.overlay,
+    inputs = [*args.inputs, *args.more_inputs]
+    if not inputs:
+        raise ConfigError("INPUT: give at least one input (a path after MODEL, or -i PATH)")
+    records = predict_paths(args.model, inputs, args.out, file_channels=args.channels, overlay=args.overlay,
                             probabilities=args.probabilities, overwrite=args.overwrite,
                             batch_size=args.batch_size, allow_no_metadata=args.allow_no_metadata,
                             trust_pickle=args.trust_pickle, threads=args.threads,

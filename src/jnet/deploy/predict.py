@@ -114,9 +114,11 @@ def check_volume(image: np.ndarray, meta: ModelMeta, source: str) -> None:
     if image.ndim != 4:
         raise DataError(f"{source}: expected a volume (C, X, Y, Z), found shape {image.shape}")
     if image.shape[0] != meta.in_channels:
+        hint = ("; name a 4D file's channels with --channels (in file order, e.g. --channels "
+                "T2,ADC) where no dataset.json beside it does" if image.shape[0] > meta.in_channels else "")
         raise DataError(f"{source}: the model expects {meta.describe_channels()}, found "
                         f"{image.shape[0]} channel(s) (image shape {image.shape[1:]} x "
-                        f"{image.shape[0]} channels)")
+                        f"{image.shape[0]} channels){hint}")
     if min(image.shape[1:]) < 1:
         raise DataError(f"{source}: empty volume of shape {image.shape[1:]}")
     bad = image.size - int(np.count_nonzero(np.isfinite(image)))
@@ -181,7 +183,8 @@ def _header(item: Item) -> Any | None:
 
 
 def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
-                 batch_size: int = 16, write: bool = True) -> dict[str, Any]:
+                 batch_size: int = 16, write: bool = True,
+                 file_channels: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict one input and write its outputs; return its JSON record (timings in seconds).
 
     If writing fails part-way, the outputs of this input already written are removed."""
@@ -198,7 +201,8 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
         timing[stage] = now - clock
         clock = now
 
-    loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None)
+    loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None,
+                         file_channels)
     header = _header(item) if item.kind != "png" else None
     check_volume(loaded.image, meta, source)
     lap("load")
@@ -264,6 +268,7 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
                   out: str | os.PathLike, *, overlay: bool = False, probabilities: bool = False,
                   overwrite: bool = False, batch_size: int = 16, allow_no_metadata: bool = False,
                   trust_pickle: bool = False, threads: int | None = None, verify: bool = True,
+                  file_channels: Sequence[str] | None = None,
                   echo: Any = None) -> list[dict[str, Any]]:
     """Segment every input and write masks (and optional extras) into ``out``.
 
@@ -281,6 +286,8 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
         allow_no_metadata: accept an .onnx file without jnet metadata.
         trust_pickle: load an old pickled checkpoint.
         verify: check the model file's recorded SHA-256 first.
+        file_channels: the channel names of 4D NIfTI inputs in file order, where no
+            ``dataset.json`` beside them names them (an MSD file outside its task folder).
         threads: intra-op threads of the backend.
         echo: called with each JSON line as it is produced (the CLI prints it).
     Returns:
@@ -307,7 +314,8 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
     records, lines = [], []
     for item, files in tqdm(plan, desc="predict", unit="input", disable=None if len(plan) > 1 else True):
         try:
-            record = predict_item(model, item, files, batch_size=batch_size)
+            record = predict_item(model, item, files, batch_size=batch_size,
+                                  file_channels=file_channels)
         except Exception as e:  # noqa: BLE001 - one bad input must not stop the batch
             if len(plan) == 1:
                 raise

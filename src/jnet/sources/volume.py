@@ -14,9 +14,13 @@ from jnet.sources.png import LUMA
 from jnet.sources.types import LoadedCase
 
 
-def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> LoadedCase:
+def load_volume(path: str | Path, channels: Sequence[str] | None = None,
+                file_channels: Sequence[str] | None = None) -> LoadedCase:
     """Read one prediction input: a NIfTI file (3D, or 4D with channels last), a BraTS case folder
     (FLAIR, T1, T1ce, T2 in this order; ``channels`` selects by name) or a PNG slice.
+
+    A NIfTI file does not name its channels: an MSD file's come from the ``dataset.json`` of its
+    task folder, else from ``file_channels`` (the file's channels in order, ``--channels``).
 
     Returns:
         ``LoadedCase`` with ``label`` None. Shape: ``image (C, X, Y, Z)`` (PNG: ``(C, H, W, 1)``).
@@ -51,6 +55,11 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None) -> Load
             f"(X, Y, Z, channels)"
         )
     names = _msd_channel_names(path, image.shape[0])
+    if not names and file_channels:
+        if len(file_channels) != image.shape[0]:
+            raise DataError(f"{path}: --channels names {len(file_channels)} channel(s) "
+                            f"({', '.join(file_channels)}), the file has {image.shape[0]}")
+        names = tuple(file_channels)
     if channels is not None and names and len(channels) != image.shape[0]:
         # A NIfTI does not name its channels; an MSD file does through its dataset.json. Without
         # names the caller's channel-count check reports the mismatch.
