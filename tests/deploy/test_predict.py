@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -328,3 +329,24 @@ def test_torch_predictor_gives_the_thread_count_back():
     assert torch.get_num_threads() == before  # building it changes nothing
     out = predictor(np.zeros((1, 1, SMALL, SMALL), np.float32))
     assert out.shape == (1, 1, S, S) and torch.get_num_threads() == before
+
+
+def test_nnunet_channel_files_are_one_case(models, tmp_path):
+    """CASE_0000 (T2) + CASE_0001 (ADC): one input, one mask CASE.nii.gz, equal to the 4D file's."""
+    torch_model, _ = models
+    src = write_volume(tmp_path / "4d.nii.gz", channels=2)
+    img = nib.load(src)
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for c in range(2):
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., c], img.affine), folder / f"case7_{c:04d}.nii.gz")
+    records = predict_paths(torch_model, [folder], tmp_path / "out")
+    assert [Path(r["outputs"]["mask"]).name for r in records] == ["case7.nii.gz"]
+    assert records[0]["channels"] == 2
+    (reference,) = predict_paths(torch_model, [src], tmp_path / "ref")
+    got = nib.load(tmp_path / "out" / "case7.nii.gz").get_fdata()
+    want = nib.load(reference["outputs"]["mask"]).get_fdata()
+    np.testing.assert_array_equal(got, want)
+    files = sorted(folder.iterdir())  # the same files named one by one
+    (record,) = predict_paths(torch_model, files, tmp_path / "out2")
+    assert Path(record["outputs"]["mask"]).name == "case7.nii.gz"

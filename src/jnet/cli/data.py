@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _source_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("msd", "brats", "png"), default=None,
+    p.add_argument("--format", choices=("msd", "nnunet", "brats", "png"), default=None,
                    help="dataset layout (default: detected)")
     p.add_argument("--label-map", default=None, metavar="0:0,255:1",
                    help="map raw label values (every value in the label files must be listed)")

@@ -27,8 +27,9 @@ from jnet.deploy.runtime import ModelMeta, Predictor
 from jnet.deploy.writers import label_dtype, write_nifti, write_overlay, write_png
 from jnet.errors import DataError, JnetError
 from jnet.sources.brats import edition_of
+from jnet.sources.nnunet import group_channel_files
 from jnet.sources.readers import is_hidden, is_nifti, is_png, nifti_stem
-from jnet.sources.volume import load_volume
+from jnet.sources.volume import load_channel_files, load_volume
 from jnet.utils.atomic import atomic_write, check_writable, write_text
 
 STAGES = ("load", "preprocess", "model", "postprocess", "write")
@@ -40,8 +41,9 @@ class Item:
     """One prediction input and the files it produces."""
 
     path: Path
-    kind: str  # "nifti" | "brats" | "png"
+    kind: str  # "nifti" | "nnunet" | "brats" | "png"
     name: str  # output stem
+    files: tuple[Path, ...] = ()  # nnunet: the channel files in order
 
     def outputs(self, out: Path, overlay: bool, probabilities: bool) -> dict[str, Path]:
         ext = ".png" if self.kind == "png" else ".nii.gz"
@@ -71,6 +73,8 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], meta: ModelMeta) -> lis
                 return
             found = sorted(p for p in path.iterdir() if not is_hidden(p))
             before = len(items)
+            cases, found = nnunet_cases(found, meta.in_channels)
+            items.extend(Item(files[0], "nnunet", case, files) for case, files in cases.items())
             for child in found:
                 if child.is_dir() or is_nifti(child) or is_png(child):
                     add(child, top=False)
@@ -86,8 +90,11 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], meta: ModelMeta) -> lis
             raise DataError(f"{path}: expected a .nii/.nii.gz file, a .png slice, a BraTS case "
                             f"folder or a folder of those")
 
-    for raw in inputs:
-        add(Path(raw).expanduser(), top=True)
+    paths = [Path(raw).expanduser() for raw in inputs]
+    cases, paths = nnunet_cases(paths, meta.in_channels)  # CASE_0000, CASE_0001 given as files
+    items.extend(Item(files[0], "nnunet", case, files) for case, files in cases.items())
+    for path in paths:
+        add(path, top=True)
     seen: dict[str, Path] = {}
     for item in items:
         if item.name in seen:
@@ -95,6 +102,26 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], meta: ModelMeta) -> lis
                             f"{item.name!r}; predict them into different --out folders")
         seen[item.name] = item.path
     return items
+
+
+def nnunet_cases(paths: Sequence[Path], n_channels: int) -> tuple[dict[str, tuple[Path, ...]], list[Path]]:
+    """Group nnU-Net channel files (``CASE_0000.nii.gz`` ... ``CASE_000{n-1}``) into cases.
+
+    Only a complete set of exactly the model's ``n_channels`` files forms a case (so a lone
+    ``scan_0003.nii.gz`` stays a file of its own). Returns ``({case: files in channel order},
+    the other paths)``.
+    """
+    by_ending: dict[str, list[Path]] = {}
+    for path in paths:
+        if path.is_file() and is_nifti(path):
+            by_ending.setdefault(".nii.gz" if path.name.lower().endswith(".gz") else ".nii", []).append(path)
+    cases: dict[str, tuple[Path, ...]] = {}
+    for ending, files in by_ending.items():
+        for case, channels in group_channel_files(files, ending).items():
+            if sorted(channels) == list(range(n_channels)):
+                cases[case] = tuple(channels[i] for i in range(n_channels))
+    used = {p for files in cases.values() for p in files}
+    return cases, [p for p in paths if p not in used]
 
 
 def is_case_folder(folder: Path, meta: ModelMeta) -> bool:
@@ -201,8 +228,11 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
         timing[stage] = now - clock
         clock = now
 
-    loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None,
-                         file_channels)
+    if item.kind == "nnunet":
+        loaded = load_channel_files(item.files, list(meta.channels))
+    else:
+        loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None,
+                             file_channels)
     header = _header(item) if item.kind != "png" else None
     check_volume(loaded.image, meta, source)
     lap("load")

@@ -17,20 +17,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from jnet.errors import DataError
 from jnet.sources import readers
 from jnet.sources.common import (
     Found,
     Problem,
     Report,
-    check_geometry,
-    check_intensities,
-    check_label_values,
+    read_channel_files,
+    read_channels,
     select_channels,
     spacing_of,
-    squeeze_label,
 )
 from jnet.sources.types import Case, DatasetSource, LoadedCase
 
@@ -137,62 +133,10 @@ def scan(root: Path) -> Found:
     return found
 
 
-def read_channels(
-    report: Report, paths: Sequence[Path], names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Read one 3D file per channel; all must share shape and affine. Returns ``((C, X, Y, Z), affine)``."""
-    volumes: list[np.ndarray] = []
-    first: tuple[Path, np.ndarray, np.ndarray] | None = None
-    ok = True
-    for path in paths:
-        read = report.read(path, lambda p=path: readers.read_nifti(p))
-        if read is None:
-            ok = False
-            continue
-        data, affine = read  # type: ignore[misc]
-        if data.ndim != 3:
-            report.error(path, f"a {data.ndim}D image of shape {data.shape}; expected one 3D volume "
-                         f"(X, Y, Z) per modality file")
-            ok = False
-            continue
-        if first is None:
-            first = (path, data, affine)
-        elif not check_geometry(report, first[0], first[1].shape, first[2], path, data.shape, affine, "modality"):
-            ok = False
-            continue
-        volumes.append(data)
-    if not ok or first is None:
-        return None
-    image = np.stack(volumes)
-    intact = all(check_intensities(report, p, image[i : i + 1], names) for i, p in enumerate(paths))
-    return (image, first[2]) if intact else None
-
-
 def read_case(
     source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
 ) -> LoadedCase | None:
-    keep = select_channels(source.channels, channels)
-    read = read_channels(report, [case.images[i] for i in keep], [source.channels[i] for i in keep])
-    label = None
-    if case.label is not None:
-        lab_path = case.label
-        lab_read = report.read(lab_path, lambda: readers.read_nifti(lab_path, label=True))
-        if lab_read is None or read is None:
-            return None
-        lab, lab_affine = lab_read  # type: ignore[misc]
-        lab = squeeze_label(report, lab_path, lab)
-        image, affine = read
-        if lab is None:
-            return None
-        if not check_geometry(report, case.images[keep[0]], image.shape[1:], affine, lab_path, lab.shape, lab_affine):
-            return None
-        label = check_label_values(report, source, lab_path, lab)
-        if label is None:
-            return None
-    if read is None:
-        return None
-    image, affine = read
-    return LoadedCase(image, label, affine, spacing_of(affine), tuple(source.channels[i] for i in keep))
+    return read_channel_files(source, case, channels, report)
 
 
 def load_folder(case_dir: Path, channels: Sequence[str] | None = None) -> LoadedCase:

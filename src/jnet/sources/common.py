@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from jnet.errors import ConfigError, DataError
+from jnet.sources import readers
+from jnet.sources.types import LoadedCase
 
 if TYPE_CHECKING:
     from jnet.sources.types import Case, DatasetSource  # noqa: F401
@@ -43,6 +45,7 @@ class Found:
     labels: dict[int, str] | None  # None: the manifest could not be read
     cases: list[Case]
     problems: list[Problem]
+    regions: dict[str, tuple[int, ...]] | None = None  # declared by the dataset (nnU-Net)
 
 
 class Report:
@@ -209,3 +212,63 @@ def check_label_values(
 def natural_key(text: str) -> list:
     """Sort key that orders embedded numbers numerically (slice_2 before slice_10)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def read_channels(
+    report: Report, paths: Sequence[Path], names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Read one 3D file per channel; all must share shape and affine. Returns ``((C, X, Y, Z), affine)``."""
+    volumes: list[np.ndarray] = []
+    first: tuple[Path, np.ndarray, np.ndarray] | None = None
+    ok = True
+    for path in paths:
+        read = report.read(path, lambda p=path: readers.read_nifti(p))
+        if read is None:
+            ok = False
+            continue
+        data, affine = read  # type: ignore[misc]
+        if data.ndim != 3:
+            report.error(path, f"a {data.ndim}D image of shape {data.shape}; expected one 3D volume "
+                         f"(X, Y, Z) per modality file")
+            ok = False
+            continue
+        if first is None:
+            first = (path, data, affine)
+        elif not check_geometry(report, first[0], first[1].shape, first[2], path, data.shape, affine, "modality"):
+            ok = False
+            continue
+        volumes.append(data)
+    if not ok or first is None:
+        return None
+    image = np.stack(volumes)
+    intact = all(check_intensities(report, p, image[i : i + 1], names) for i, p in enumerate(paths))
+    return (image, first[2]) if intact else None
+
+
+def read_channel_files(
+    source: DatasetSource, case: Case, channels: Sequence[str] | None, report: Report
+) -> LoadedCase | None:
+    """A case stored as one 3D file per channel (``case.images`` in ``source.channels`` order) and
+    an optional label file: BraTS folders, nnU-Net raw datasets."""
+    keep = select_channels(source.channels, channels)
+    read = read_channels(report, [case.images[i] for i in keep], [source.channels[i] for i in keep])
+    label = None
+    if case.label is not None:
+        lab_path = case.label
+        lab_read = report.read(lab_path, lambda: readers.read_nifti(lab_path, label=True))
+        if lab_read is None or read is None:
+            return None
+        lab, lab_affine = lab_read  # type: ignore[misc]
+        lab = squeeze_label(report, lab_path, lab)
+        image, affine = read
+        if lab is None:
+            return None
+        if not check_geometry(report, case.images[keep[0]], image.shape[1:], affine, lab_path, lab.shape, lab_affine):
+            return None
+        label = check_label_values(report, source, lab_path, lab)
+        if label is None:
+            return None
+    if read is None:
+        return None
+    image, affine = read
+    return LoadedCase(image, label, affine, spacing_of(affine), tuple(source.channels[i] for i in keep))

@@ -45,8 +45,13 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
 
 
 def region_table(source: DatasetSource) -> dict[str, tuple[int, ...]] | None:
-    """The regions of ``source`` from :data:`REGIONS`, or None (no table, or a label map in use)."""
-    if source.label_map is not None or source.edition is None:
+    """The regions ``source`` declares, else those of :data:`REGIONS`; None without a table or with
+    a label map in use."""
+    if source.label_map is not None:
+        return None
+    if source.regions:
+        return dict(source.regions)
+    if source.edition is None:
         return None
     return REGIONS.get((source.layout, source.edition))
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Sequence
 
 from jnet.errors import DataError
-from jnet.sources import brats, msd, png
+from jnet.sources import brats, msd, nnunet, png
 from jnet.sources.common import Problem, Report, check_label_map, mapped_label_names
 from jnet.sources.types import Case, DatasetSource, LoadedCase
 from jnet.utils.options import choose
 
 #: One reader module per layout (``scan``, ``read_case``), by ``--format`` name.
-READERS = {"msd": msd, "brats": brats, "png": png}
+READERS = {"msd": msd, "nnunet": nnunet, "brats": brats, "png": png}
 LAYOUTS = tuple(READERS)
 
 
@@ -31,6 +31,8 @@ LAYOUTS = tuple(READERS)
 def detect_layout(root: Path) -> str:
     """Guess the layout of ``root`` from what is in it (see docs/datasets.md)."""
 
+    if nnunet.is_nnunet(root):
+        return "nnunet"
     if (root / "dataset.json").exists() or (root / "imagesTr").is_dir():
         return "msd"
     if brats.find_case_dirs(root):
@@ -73,6 +75,8 @@ def scan(
     layout = format or detect_layout(root)
     if layout == "msd":
         found = msd.scan(root)
+    elif layout == "nnunet":
+        found = nnunet.scan(root)
     elif layout == "brats":
         found = brats.scan(root)
     else:
@@ -94,6 +98,7 @@ def scan(
         labels=dict(sorted(labels.items())),
         cases=tuple(sorted(unique.values(), key=lambda c: c.case_id)),
         label_map=label_map,
+        regions=found.regions,
     )
     return source, found.problems
 

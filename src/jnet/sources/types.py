@@ -38,7 +38,8 @@ class DatasetSource:
     """A discovered dataset: layout, edition, channel and label names, and its cases (by case_id).
 
     ``label_map`` (raw label value -> label value) is applied by :func:`load_case`; ``labels`` then
-    names the mapped values.
+    names the mapped values. ``regions`` (name -> label values) are those the dataset itself
+    declares (nnU-Net region labels); the known datasets' are in ``jnet.sources.labels.REGIONS``.
     """
 
     root: Path
@@ -48,6 +49,7 @@ class DatasetSource:
     labels: dict[int, str]
     cases: tuple[Case, ...]
     label_map: dict[int, int] | None = None
+    regions: dict[str, tuple[int, ...]] | None = None  # overlapping regions the dataset declares
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:

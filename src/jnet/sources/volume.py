@@ -1,4 +1,5 @@
-"""Read one prediction input: a NIfTI file, a BraTS case folder or a PNG slice (no label)."""
+"""Read one prediction input: a NIfTI file, the channel files of an nnU-Net case, a BraTS case
+folder or a PNG slice (no label)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 
 from jnet.errors import DataError
 from jnet.sources import brats, readers
-from jnet.sources.common import Report, check_intensities, select_channels, spacing_of
+from jnet.sources.common import Report, check_intensities, read_channels, select_channels, spacing_of
 from jnet.sources.png import LUMA
 from jnet.sources.types import LoadedCase
 
@@ -68,6 +69,37 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None,
     report = Report(strict=True)
     check_intensities(report, path, image, ())
     return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
+
+
+def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = None) -> LoadedCase:
+    """Read an nnU-Net case (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in channel order).
+
+    The channels are named by the ``channel_names`` of a ``dataset.json`` beside the files (or one
+    folder up); without one, file ``_000i`` is the model's channel i, as in nnU-Net.
+    """
+    paths = [Path(p) for p in paths]
+    read = read_channels(Report(strict=True), paths, [p.name for p in paths])
+    assert read is not None  # strict mode raises instead
+    image, affine = read
+    names = _nnunet_channel_names(paths[0], len(paths))
+    if names and channels is not None:
+        keep = select_channels(names, channels)
+        image, names = image[keep], tuple(names[i] for i in keep)
+    elif not names and channels is not None and len(channels) == len(paths):
+        names = tuple(channels)
+    return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
+
+
+def _nnunet_channel_names(path: Path, count: int) -> tuple[str, ...]:
+    for folder in (path.parent, path.parent.parent):
+        manifest = folder / "dataset.json"
+        if manifest.is_file():
+            try:
+                names = json.loads(manifest.read_text()).get("channel_names", {})
+                return tuple(str(names[str(i)]) for i in range(count))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return ()
+    return ()
 
 
 def _msd_channel_names(path: Path, count: int) -> tuple[str, ...]:

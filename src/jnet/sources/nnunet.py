@@ -1,0 +1,147 @@
+"""nnU-Net v2 raw layout: ``dataset.json`` + ``imagesTr/CASE_XXXX.nii.gz`` (one file per channel),
+``labelsTr/CASE.nii.gz``, ``imagesTs/``.
+
+``dataset.json`` names the channels (``channel_names``: {"0": "T2", "1": "ADC"}; file suffix
+``_0000`` is channel 0), the labels (``labels``: name -> value, ``"background": 0``; a list of
+values is a region, as nnU-Net's region training: ``"whole tumor": [1, 2, 3]``) and the file
+ending (``file_ending``: ".nii.gz"). A case is every ``CASE_XXXX`` file of one ``CASE``, read as one
+multi-channel image; ``numTraining`` is checked against the cases found.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from jnet.sources.common import Found, Problem, Report, read_channel_files
+from jnet.sources.types import Case, DatasetSource, LoadedCase
+
+REQUIRED_KEYS = {"channel_names": dict, "labels": dict, "numTraining": int, "file_ending": str}
+SUPPORTED_ENDINGS = (".nii.gz", ".nii")
+
+
+def is_nnunet(root: Path) -> bool:
+    """A dataset.json with ``channel_names`` (MSD's has ``modality``)."""
+    try:
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "channel_names" in meta
+
+
+def channel_file_pattern(ending: str) -> re.Pattern:
+    """``CASE_0001.nii.gz`` -> groups ``case`` and ``channel``."""
+    return re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+
+
+def group_channel_files(files: Sequence[Path], ending: str) -> dict[str, dict[int, Path]]:
+    """``{case: {channel index: file}}`` of the files named ``CASE_XXXX{ending}``."""
+    pattern = channel_file_pattern(ending)
+    groups: dict[str, dict[int, Path]] = {}
+    for path in files:
+        match = pattern.match(path.name)
+        if match:
+            groups.setdefault(match["case"], {})[int(match["channel"])] = path
+    return groups
+
+
+def _labels(raw: dict, manifest: Path, problems: list[Problem]) -> tuple[dict[int, str], dict[str, tuple[int, ...]]] | None:
+    """``labels`` -> (value -> name, region name -> values)."""
+    values: dict[int, str] = {}
+    regions: dict[str, tuple[int, ...]] = {}
+    for name, value in raw.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            values[value] = name
+        elif (isinstance(value, list) and value
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            regions[name] = tuple(sorted(value))
+        else:
+            problems.append(Problem(manifest, f"'labels' entry {name!r}: expected a label value >= 0 or "
+                                              f"a list of values > 0 (a region), found {value!r}"))
+            return None
+    if values.get(0) is None:
+        problems.append(Problem(manifest, "'labels' has no background: expected \"background\": 0"))
+        return None
+    for name, members in regions.items():
+        for v in members:
+            values.setdefault(v, f"label {v}")  # region datasets may not name the plain values
+    return values, regions
+
+
+def scan(root: Path) -> Found:
+    """Read and check ``root/dataset.json``; list its cases (training first, then imagesTs)."""
+    manifest = root / "dataset.json"
+    problems: list[Problem] = []
+    found = Found("nnunet", root.name, (), None, [], problems)
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(Problem(manifest, f"not a readable JSON file ({e})"))
+        return found
+    wrong = [f"'{key}' missing or not a {typ.__name__}" for key, typ in REQUIRED_KEYS.items()
+             if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool)]
+    if wrong:
+        problems.append(Problem(manifest, "dataset.json (nnU-Net v2): " + "; ".join(wrong)))
+        return found
+    ending = meta["file_ending"]
+    if ending not in SUPPORTED_ENDINGS:
+        problems.append(Problem(manifest, f"'file_ending' {ending!r}: jnet reads {', '.join(SUPPORTED_ENDINGS)}"))
+        return found
+    try:
+        channels = {int(k): str(v) for k, v in meta["channel_names"].items()}
+    except ValueError:
+        problems.append(Problem(manifest, f"'channel_names' keys must be channel indices, found "
+                                          f"{list(meta['channel_names'])}"))
+        return found
+    if sorted(channels) != list(range(len(channels))):
+        problems.append(Problem(manifest, f"'channel_names' keys should be 0..{len(channels) - 1}, "
+                                          f"found {sorted(channels)}"))
+        return found
+    parsed = _labels(meta["labels"], manifest, problems)
+    if parsed is None:
+        return found
+    found.labels, found.regions = parsed
+    found.channels = tuple(channels[i] for i in range(len(channels)))
+    n = len(channels)
+
+    cases: list[Case] = []
+    for folder, labelled in (("imagesTr", True), ("imagesTs", False)):
+        images = root / folder
+        if not images.is_dir():
+            if labelled:
+                problems.append(Problem(images, "missing: expected the training images CASE_0000" + ending))
+            continue
+        files = sorted(p for p in images.iterdir() if not p.name.startswith("."))
+        groups = group_channel_files(files, ending)
+        stray = [p.name for p in files if p.name.endswith(ending)
+                 and not channel_file_pattern(ending).match(p.name)]
+        if stray:
+            problems.append(Problem(images, f"{len(stray)} file(s) not named CASE_XXXX{ending} "
+                                            f"(ignored): {', '.join(stray[:10])}", "warning"))
+        for case_id, by_channel in sorted(groups.items()):
+            missing = [f"{case_id}_{i:04d}{ending} ({channels[i]})" for i in range(n) if i not in by_channel]
+            extra = sorted(i for i in by_channel if i >= n)
+            if missing or extra:
+                what = (f"missing {', '.join(missing)}" if missing else "") + (
+                    f"{'; ' if missing else ''}channel file(s) {extra} beyond the {n} of "
+                    f"'channel_names'" if extra else "")
+                problems.append(Problem(images, f"case {case_id}: {what}"))
+                continue
+            label = root / "labelsTr" / f"{case_id}{ending}" if labelled else None
+            if label is not None and not label.is_file():
+                problems.append(Problem(label, f"case {case_id}: label file missing"))
+                continue
+            cases.append(Case(case_id, tuple(by_channel[i] for i in range(n)), label,
+                              split=None if labelled else "test"))
+    n_train = sum(c.label is not None for c in cases)
+    if meta["numTraining"] != n_train:
+        problems.append(Problem(manifest, f"'numTraining' is {meta['numTraining']} but imagesTr holds "
+                                          f"{n_train} complete labelled case(s)", "warning"))
+    found.cases = cases
+    return found
+
+
+def read_case(source: DatasetSource, case: Case, channels: Sequence[str] | None,
+              report: Report) -> LoadedCase | None:
+    return read_channel_files(source, case, channels, report)

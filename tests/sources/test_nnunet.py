@@ -1,0 +1,92 @@
+"""nnU-Net v2 raw datasets: channel files grouped into cases, labels and regions, every problem."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import save_nifti
+from jnet.cache.build import prepare_dataset
+from jnet.errors import DataError
+from jnet.sources.check import check_dataset
+from jnet.sources.labels import make_task
+from jnet.sources.registry import discover, load_case
+
+CHANNELS = {"0": "T2", "1": "ADC"}
+
+
+def write_nnunet(root: Path, n_cases: int = 4, labels=None, test: int = 1, shape=(16, 16, 4)) -> Path:
+    """Dataset001_Prostate: CASE_0000 (T2) + CASE_0001 (ADC), labels 0/1/2, ``test`` cases in imagesTs."""
+    rng = np.random.default_rng(0)
+    for i in range(n_cases + test):
+        case = f"prostate_{i:03d}"
+        folder = "imagesTr" if i < n_cases else "imagesTs"
+        t2 = rng.uniform(10, 100, shape).astype(np.float32)
+        save_nifti(root / folder / f"{case}_0000.nii.gz", t2)
+        save_nifti(root / folder / f"{case}_0001.nii.gz", t2 * 0.5 + 3)
+        if i < n_cases:
+            label = np.zeros(shape, np.uint8)
+            label[4:12, 4:12] = 1
+            label[6:10, 6:10] = 2
+            save_nifti(root / "labelsTr" / f"{case}.nii.gz", label)
+    meta = {"channel_names": CHANNELS, "labels": labels or {"background": 0, "PZ": 1, "TZ": 2},
+            "numTraining": n_cases, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_channel_files_form_one_case(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate")
+    source = discover(root)
+    assert source.layout == "nnunet" and source.channels == ("T2", "ADC")
+    assert source.labels == {0: "background", 1: "PZ", 2: "TZ"}
+    train = [c for c in source.cases if c.label is not None]
+    assert len(train) == 4 and len(source.cases) == 5
+    assert [p.name for p in train[0].images] == ["prostate_000_0000.nii.gz", "prostate_000_0001.nii.gz"]
+    case = load_case(source, train[0])
+    assert case.image.shape == (2, 16, 16, 4) and case.channels == ("T2", "ADC")
+    np.testing.assert_allclose(case.image[1], case.image[0] * 0.5 + 3, rtol=1e-6)
+    adc = load_case(source, train[0], ["ADC"])
+    assert adc.channels == ("ADC",) and adc.image.shape[0] == 1
+    assert [str(p) for p in check_dataset(root, progress=False)] == []
+
+
+def test_prepare_reads_it_like_any_layout(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate")
+    out = prepare_dataset(root, tmp_path / "cache", task="multiclass", size=16, progress=False,
+                          val_fraction=0.25, test_fraction=0.25)
+    meta = json.loads((out / "prepared.json").read_text())
+    assert meta["layout"] == "nnunet" and meta["channels"] == ["T2", "ADC"]
+    assert meta["task"]["names"] == ["background", "PZ", "TZ"]
+    assert len(meta["cases"]) == 4  # the labelled ones
+
+
+def test_region_labels_become_a_regions_task(tmp_path):
+    labels = {"background": 0, "whole": [1, 2], "core": [2]}
+    source = discover(write_nnunet(tmp_path / "Dataset002_Regions", labels=labels))
+    task = make_task(source, "regions")
+    assert task["names"] == ["whole", "core"] and task["labels"] == {"whole": [1, 2], "core": [2]}
+    assert make_task(source, "binary", ["core"])["labels"] == {"core": [2]}
+
+
+def test_problems_are_listed_with_their_files(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate", n_cases=4)
+    (root / "imagesTr" / "prostate_001_0001.nii.gz").unlink()       # a channel missing
+    (root / "labelsTr" / "prostate_002.nii.gz").unlink()            # a label missing
+    save_nifti(root / "imagesTr" / "notes.nii.gz", np.zeros((2, 2, 2), np.float32))  # misnamed
+    problems = [str(p) for p in check_dataset(root, progress=False)]
+    assert any("case prostate_001: missing prostate_001_0001.nii.gz (ADC)" in p for p in problems)
+    assert any("prostate_002.nii.gz: case prostate_002: label file missing" in p for p in problems)
+    assert any("warning" in p and "notes.nii.gz" in p for p in problems)
+    assert any("'numTraining' is 4 but imagesTr holds 2" in p for p in problems)
+
+
+def test_bad_manifest_is_named(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"PZ": 1}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"dataset\.json: 'labels' has no background"):
+        discover(root)
