@@ -269,7 +269,9 @@ def test_layout_detection_and_forced_format(tmp_path, prostate_dir, brats_dir):
         discover(prostate_dir.parent)
     with pytest.raises(DataError, match="no BraTS case folders"):
         discover(prostate_dir, format="brats")
-    with pytest.raises(ConfigError, match="msd, brats, png"):
+    with pytest.raises(ConfigError, match="msd, nnunet, brats, png"):
+        discover(brats_dir, format="nnUNet")
+    with pytest.raises(DataError, match=r"dataset\.json: not a readable JSON file"):
         discover(brats_dir, format="nnunet")
     with pytest.raises(DataError, match="not found"):
         discover(tmp_path / "nowhere")
