@@ -90,3 +90,24 @@ def test_bad_manifest_is_named(tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"dataset\.json: 'labels' has no background"):
         discover(root)
+
+
+def test_prepare_takes_nnunet_splits_final(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate", n_cases=5)
+    folds = [{"train": ["prostate_000", "prostate_001", "prostate_002"], "val": ["prostate_003"]},
+             {"train": ["prostate_000", "prostate_001", "prostate_003"], "val": ["prostate_002"]}]
+    (tmp_path / "splits_final.json").write_text(json.dumps(folds))
+    out = prepare_dataset(root, tmp_path / "cache", size=16, progress=False,
+                          splits_file=tmp_path / "splits_final.json")
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["folds"] == [{k: sorted(v) for k, v in f.items()} for f in folds]
+    assert splits["test"] == ["prostate_004"]  # labelled, in no fold
+    folds[0]["val"].append("prostate_999")
+    (tmp_path / "bad.json").write_text(json.dumps(folds))
+    with pytest.raises(DataError, match=r"bad\.json: 1 case id\(s\) are not cases of the dataset: prostate_999"):
+        prepare_dataset(root, tmp_path / "cache2", size=16, progress=False, splits_file=tmp_path / "bad.json")
+    folds[0]["val"] = ["prostate_000"]
+    (tmp_path / "leak.json").write_text(json.dumps(folds))
+    with pytest.raises(DataError, match="patient leakage"):
+        prepare_dataset(root, tmp_path / "cache3", size=16, progress=False, splits_file=tmp_path / "leak.json")
+    assert not (tmp_path / "cache2").exists() and not (tmp_path / "cache3").exists()

@@ -31,7 +31,7 @@ import numpy as np
 
 from jnet import __version__
 from jnet.cache.schema import DTYPES, FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, PREPARED_FILE
-from jnet.cache.splits import make_splits, write_splits
+from jnet.cache.splits import given_splits, make_splits, write_splits
 from jnet.errors import ConfigError, DataError
 from jnet.sources.common import select_channels
 from jnet.sources.labels import make_task
@@ -71,6 +71,7 @@ def prepare_dataset(
     test_fraction: float = 0.2,
     folds: int = 1,
     seed: int = 0,
+    splits_file: str | os.PathLike | None = None,
     workers: int = 1,
     keep_empty: bool = True,
     label_map: Mapping[int, int] | None = None,
@@ -83,12 +84,14 @@ def prepare_dataset(
     Args:
         src: the dataset (MSD task folder, BraTS folder, PNG slice folders).
         out: the cache directory to create.
-        format: dataset layout (``msd``, ``brats``, ``png``); None detects it.
+        format: dataset layout (``msd``, ``nnunet``, ``brats``, ``png``); None detects it.
         task: task kind (``binary``, ``multiclass``, ``regions``) or a ready task dict.
         structures: the structures the task predicts (names from the dataset); None = default.
         channels: channel names to keep, in cache order; None keeps all.
         size: ``S``, the side of the square grid every slice is resampled to.
         val_fraction, test_fraction, folds, seed: patient-level splits (:mod:`jnet.cache.splits`).
+        splits_file: use this split instead (jnet's splits.json or nnU-Net's splits_final.json;
+            :func:`jnet.cache.splits.given_splits`); the fractions, folds and seed are then unused.
         workers: worker processes reading cases in parallel (1 = in this process).
         keep_empty: keep slices without foreground; False drops them (recorded per case in
             ``slice_indices`` and as ``keep_empty`` in prepared.json).
@@ -116,8 +119,12 @@ def prepare_dataset(
     allowed = frozenset({0} | {int(v) for v in source.labels}
                         | {int(v) for values in task_dict["labels"].values() for v in values})
     # Splits depend on the case ids only: made first, so a bad split request fails before the work.
-    splits = make_splits([c.case_id for c in cases], seed=seed, val_fraction=val_fraction,
-                         test_fraction=test_fraction, folds=folds, fixed={c.case_id: c.split for c in cases})
+    if splits_file is not None:
+        splits = given_splits(splits_file, [c.case_id for c in cases])
+    else:
+        splits = make_splits([c.case_id for c in cases], seed=seed, val_fraction=val_fraction,
+                             test_fraction=test_fraction, folds=folds,
+                             fixed={c.case_id: c.split for c in cases})
     # Each job carries the source without its case list (pickled once per case for the workers).
     bare = dataclasses.replace(source, cases=())
     selected = None if channels is None else tuple(chosen)

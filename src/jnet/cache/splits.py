@@ -114,6 +114,39 @@ def make_splits(
     }
 
 
+def given_splits(path: str | os.PathLike, case_ids: Iterable[str]) -> dict[str, Any]:
+    """A split the user gives (``data prepare --splits FILE``), as a ``splits.json`` dict.
+
+    Accepts jnet's own ``splits.json`` and nnU-Net's ``splits_final.json`` (a list of folds
+    ``{"train": [...], "val": [...]}``; nnU-Net keeps no test cases, so the test split is the cases
+    that no fold lists). Every case id in the file must be a case of the dataset.
+
+    Raises:
+        DataError: unreadable or malformed file, a patient in two splits, unknown case ids.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the splits file ({e})") from e
+    ids = set(case_ids)
+    if isinstance(raw, list):  # nnU-Net splits_final.json
+        if not raw or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in raw):
+            raise DataError(f"{path}: expected nnU-Net folds [{{\"train\": [...], \"val\": [...]}}, ...] "
+                            f"or a jnet splits.json object")
+        folds = [{"train": sorted(map(str, f["train"])), "val": sorted(map(str, f["val"]))} for f in raw]
+        listed = {c for f in folds for c in f["train"] + f["val"]}
+        raw = {"seed": None, "val_fraction": None, "test_fraction": None,
+               "test": sorted(ids - listed), "folds": folds}
+    check_splits(raw, path)
+    listed = set(raw["test"]) | {c for f in raw["folds"] for c in f["train"] + f["val"]}
+    unknown = sorted(listed - ids)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise DataError(f"{path}: {len(unknown)} case id(s) are not cases of the dataset: {shown}")
+    return {**raw, "source": str(path.resolve())}
+
+
 def write_splits(directory: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
     """Check ``splits`` and write it as ``directory/splits.json`` (atomic, key-sorted)."""
     path = Path(directory) / SPLITS_FILE

@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, metavar="F", help="test share of patients")
     p.add_argument("--folds", type=int, default=1, metavar="K", help="cross-validation folds (default 1)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="split seed (default 0)")
+    p.add_argument("--splits", default=None, metavar="FILE",
+                   help="use this split: nnU-Net's splits_final.json (its folds; test = the cases no "
+                        "fold lists) or a jnet splits.json; replaces the fractions, folds and seed")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
     p.add_argument("--drop-empty", action="store_true", help="drop slices without foreground")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="images.npy dtype")
@@ -109,7 +112,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     out = prepare_dataset(
         args.src, args.out, format=args.format, task=args.task, structures=args.structures,
         channels=args.channels, size=args.size, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, folds=args.folds, seed=args.seed, workers=args.workers,
+        test_fraction=args.test_fraction, folds=args.folds, seed=args.seed, splits_file=args.splits,
+        workers=args.workers,
         keep_empty=not args.drop_empty, label_map=parse_label_map(args.label_map), dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote slice cache: {out}")
