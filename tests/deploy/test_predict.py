@@ -350,3 +350,25 @@ def test_nnunet_channel_files_are_one_case(models, tmp_path):
     files = sorted(folder.iterdir())  # the same files named one by one
     (record,) = predict_paths(torch_model, files, tmp_path / "out2")
     assert Path(record["outputs"]["mask"]).name == "case7.nii.gz"
+
+
+def test_png_masks_come_back_in_the_files_own_values(png_dir, tmp_path):
+    """Prepared with --label-map 0:0,255:1, a model writes 0/255 masks, as its training masks."""
+    from jnet.cache.build import prepare_dataset
+
+    cache = prepare_dataset(png_dir, tmp_path / "cache", size=32, label_map={0: 0, 255: 1},
+                            progress=False, test_fraction=0.0)
+    task = json.loads((cache / "prepared.json").read_text())["task"]
+    assert task["file_values"] == {"0": 0, "1": 255}
+    model = make_model(task, 1)
+    predictor = Predictor.from_model(model, info_for(task, ("gray",)))
+    pixels = (np.random.default_rng(0).random((40, 52)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "slice_07.png")
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # foreground everywhere: the value written is the file's 255
+        last.bias += 100.0
+    predict_paths(predictor, [tmp_path / "slice_07.png"], tmp_path / "out")
+    mask = np.asarray(Image.open(tmp_path / "out" / "slice_07.png"))
+    assert np.unique(mask).tolist() == [255]
+    from jnet.transforms.tasks import decode_label
+    assert decode_label(np.array([0, 1]), task).tolist() == [0, 255]

@@ -112,6 +112,8 @@ def prepare_dataset(
 
     source = discover(src, format=format, label_map=label_map)
     task_dict = make_task(source, task, structures) if isinstance(task, str) else dict(task)
+    if source.label_map:  # predictions are written back in the files' own values (255, not 1)
+        task_dict["file_values"] = file_values(source.label_map)
     chosen = _choose_channels(source, channels)
     cases = sorted((c for c in source.cases if c.label is not None or c.labels), key=lambda c: c.case_id)
     if not cases:
@@ -154,6 +156,15 @@ def prepare_dataset(
             "cases": entries,
         })
     return out
+
+
+def file_values(label_map: Mapping[int, int]) -> dict[str, int]:
+    """``{mapped value: the raw value written back}`` of a ``--label-map`` (the first raw value of
+    each mapped one): ``0:0,255:1`` -> ``{"0": 0, "1": 255}``."""
+    back: dict[str, int] = {}
+    for raw, mapped in sorted(label_map.items()):
+        back.setdefault(str(mapped), int(raw))
+    return back
 
 
 def _check_options(size: int, dtype: str, workers: int) -> None:

@@ -113,6 +113,9 @@ def decode_label(encoded, task: dict):
     its own (in it and in no region inside it: WT -> 2, TC -> 1, ET -> 4). Every voxel with any
     region predicted gets a label, also for combinations a nested label map cannot hold (ET
     without TC -> 4, TC without WT -> 1). Shape: kept.
+
+    A task prepared with a label map (``--label-map 0:0,255:1``) carries ``file_values`` and is
+    written back in the files' own values (0/255).
     """
     import numpy as np
 
@@ -121,14 +124,19 @@ def decode_label(encoded, task: dict):
     out = np.zeros(np.shape(encoded), dtype=np.int16)
     if kind == "binary":
         out[encoded > 0] = task["labels"][names[0]][0]
-        return out
-    if kind == "multiclass":
+    elif kind == "multiclass":
         for i, name in enumerate(names[1:], start=1):
             out[encoded == i] = task["labels"][name][0]
-        return out
-    encoded = np.asarray(encoded)
-    for i, value in region_order(task):
-        out[(encoded >> i) & 1 == 1] = value
+    else:
+        encoded = np.asarray(encoded)
+        for i, value in region_order(task):
+            out[(encoded >> i) & 1 == 1] = value
+    back = task.get("file_values")
+    if back:
+        lookup = np.arange(max(int(out.max(initial=0)), *map(int, back)) + 1, dtype=np.int32)
+        for mapped, raw in back.items():
+            lookup[int(mapped)] = raw
+        out = lookup[out].astype(np.int32 if max(back.values()) > 32767 else np.int16)
     return out
 
 
