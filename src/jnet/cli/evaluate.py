@@ -34,6 +34,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="load a model file whose recorded SHA-256 does not match (corrupt or edited)")
     p.set_defaults(func=run)
 
+    f = subparsers.add_parser(
+        "evaluate-folder", help="score predicted NIfTI masks against label files (as nnUNetv2_evaluate_folder)",
+        description="Pair PRED_DIR/NAME with LABELS_DIR/NAME, score each case at its own spacing per "
+                    "label or region (Dice, Jaccard, HD95, surface Dice), write summary.json and "
+                    "per_case.csv.")
+    f.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted masks (.nii/.nii.gz)")
+    f.add_argument("labels_dir", metavar="LABELS_DIR", help="folder of label files with the same names")
+    f.add_argument("--labels", default=None, metavar="PZ:1,TZ:2",
+                   help="structures: NAME:VALUE, or a region NAME:V1+V2 (WT:1+2+4); default: the "
+                        "labels of a dataset.json beside LABELS_DIR, else each value found")
+    f.add_argument("--out", default=None, metavar="DIR", help="where the results go (default PRED_DIR)")
+    f.add_argument("--tolerance", type=float, default=1.0, metavar="MM", help="surface Dice tolerance (mm)")
+    f.add_argument("--overwrite", action="store_true", help="replace an earlier summary.json")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=run_folder)
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    from jnet.evaluation.folder import evaluate_folder, parse_structures, summary_table
+
+    summary = evaluate_folder(args.pred_dir, args.labels_dir, structures=parse_structures(args.labels),
+                              out_dir=args.out, tolerance_mm=args.tolerance, overwrite=args.overwrite,
+                              progress=not args.quiet)
+    out = Path(args.out or args.pred_dir)
+    print(f"{summary['n_cases']} case(s) scored at their own spacing")
+    print()
+    print(summary_table(summary))
+    unpaired = summary["unpaired"]
+    for what, names in (("predictions without a label", unpaired["predictions_without_label"]),
+                        ("labels without a prediction", unpaired["labels_without_prediction"])):
+        if names:
+            print(f"{what} ({len(names)}): {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+    for item in summary["failed"]:
+        print(f"failed: {item['error']}")
+    print(f"wrote {out / 'summary.json'}, {out / 'per_case.csv'}")
+    return 2 if summary["failed"] else 0
+
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then print a Markdown summary table and where the files are."""
