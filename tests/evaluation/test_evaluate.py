@@ -232,6 +232,40 @@ def test_split_all_and_native(tmp_path):
     assert m["native"]["n_cases_gt_exact"] == 5
 
 
+def test_native_scores_against_the_label_files(tmp_path, msd_writer):
+    """Native 64x64 slices cached at 32x32: the cached label is an approximation, the file is not.
+    A model that predicts the cached label exactly scores 1 on the cache grid and less against
+    the files; with the files gone, the cached label is used and says so."""
+    from jnet.cache.build import prepare_dataset
+
+    yy, xx = np.mgrid[:64, :64]
+    cases = {}
+    for i in range(5):
+        disc = (np.hypot(yy - 30 - i, xx - 33) < 9 + i).astype(np.uint8)
+        label = np.repeat(disc[..., None], 3, axis=2)
+        label[::2, ::3, 1] = 0  # fine detail a 32x32 grid cannot hold
+        cases[f"c{i}"] = ((label * 50 + 10 + np.random.default_rng(i).random((64, 64, 3))).astype(np.float32), label)
+    task_dir = msd_writer(tmp_path / "Task05_Prostate", cases, labels={"0": "background", "1": "prostate"})
+    root = prepare_dataset(task_dir, tmp_path / "cache", size=S, progress=False, val_fraction=0.2,
+                           test_fraction=0.2)
+    task = json.loads((root / "prepared.json").read_text())["task"]
+    oracle = Oracle(root, task, split="all")
+    m = evaluate(oracle, info_for(task), root, split="all", out_dir=tmp_path / "eval", native=True,
+                 overlays=0, quiet=True)
+    assert m["volume_dice"]["mean"] == 1.0  # the cache grid
+    assert m["native"]["n_cases_gt_from_file"] == 5
+    assert m["native"]["volume_dice"]["mean"] < 0.99  # against the real labels
+    rows = read_csv(tmp_path / "eval" / "per_case.csv")
+    assert {r["native_ground_truth"] for r in rows} == {"label file"}
+    assert all(float(r["native_volume_dice_prostate"]) < 1 for r in rows)
+    for label in (task_dir / "labelsTr").iterdir():
+        label.unlink()
+    m = evaluate(oracle, info_for(task), root, split="all", out_dir=tmp_path / "eval", native=True,
+                 overlays=0, quiet=True, overwrite=True)
+    assert m["native"]["n_cases_gt_from_file"] == 0
+    assert {r["native_ground_truth"] for r in read_csv(tmp_path / "eval" / "per_case.csv")} == {"cache"}
+
+
 # ---------------------------------------------------------------- the command line
 def test_cli_prints_a_table_and_refuses_a_second_run(tmp_path, capsys):
     from jnet.training.checkpoint import save_weights

@@ -147,6 +147,8 @@ def prepare_dataset(
             "source": str(source.root),
             "edition": source.edition,
             "task": task_dict,
+            "label_map": ({str(k): int(v) for k, v in sorted(source.label_map.items())}
+                          if source.label_map else None),
             "channels": list(chosen),
             "size": size,
             "dtype": dtype,
@@ -264,6 +266,8 @@ def _prepare_case(job: _Job) -> dict:
         "native_spacing": spacing,
         "original_shape": shape,
         "affine": affine.tolist(),
+        # the label file itself, for scoring at the native grid (evaluate --native); PNG: per slice
+        "label_file": str(case.label.resolve()) if case.label is not None and case.label.is_file() else None,
         "_part": stem,
     }
 

@@ -172,7 +172,7 @@ def evaluate(
                               classes=classes, names=names, channel=str(cache_meta["channels"][0]),
                               device=device) if overlays > 0 else None
     _write_csv(out_dir / "per_slice.csv", collector.slice_rows)
-    _write_csv(out_dir / "per_case.csv", _case_columns(collector.case_rows, names))
+    _write_csv(out_dir / "per_case.csv", _case_columns(collector.case_rows, names, collector.native_rows))
     with _writing(out_dir / "overlays"):
         swap_dir(staged, out_dir / "overlays")
     with _writing(out_dir / "metrics.json"):
@@ -248,11 +248,15 @@ def _nan_low(x: float) -> float:
     return -math.inf if x is None or not math.isfinite(x) else float(x)
 
 
-def _case_columns(rows: list[dict], names: list[str]) -> list[dict]:
+def _case_columns(rows: list[dict], names: list[str], native: dict[str, dict] | None = None) -> list[dict]:
+    """Per-case columns: volume figures first, then slice means, then the native-grid ones."""
     order = ["case_id", "n_slices", "volume_jaccard", "slice_jaccard"]
     for n in names:
         order += [f"volume_jaccard_{n}", f"volume_dice_{n}", f"volume_hd95_{n}", f"slice_jaccard_{n}"]
-    return [{k: r[k] for k in order} for r in rows]
+    extra = ["native_ground_truth"] + [f"native_volume_{m}_{n}" for n in names
+                                       for m in ("jaccard", "dice", "hd95")] if native else []
+    return [{**{k: r[k] for k in order}, **{k: native[r["case_id"]].get(k) for k in extra}}
+            for r in rows]
 
 
 def _cell(v: Any) -> Any:
