@@ -147,7 +147,9 @@ def test_scores_follow_the_prediction(tmp_path):
     assert m["hd95_undefined"] == 6 and m["hd95"]["mean"] is None
     assert m["degenerate"] == "degenerate: predicts no foreground on any slice (prostate)"
     assert m["degenerate_structures"] == {"prostate": "empty"}
-    assert "| **mean** | 0.3333 | 0.3333 | n/a |" in summary_table(m)
+    # case figures first (0: a case with foreground predicted empty), then foreground slices
+    assert "| **mean** | 0.0000 | 0.0000 | n/a | 0.0000 | 0.0000 | 0.3333 | 0.3333 | n/a |" in summary_table(m)
+    assert m["foreground_dice"]["mean"] == 0.0 and m["hd95_definition"].startswith("MONAI")
 
     assert m["volume_jaccard"]["mean"] == 0.0 and m["volume_hd95"]["per_class"]["prostate"] is None
     assert not (tmp_path / "eval" / "overlays").exists()

@@ -297,9 +297,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def summary_table(metrics: dict) -> str:
-    """A Markdown table of a metrics.json: one row per structure and the mean, slice and volume."""
-    cols = (("jaccard", "Jaccard"), ("dice", "Dice"), ("hd95", "HD95 mm"),
-            ("volume_jaccard", "vol. Jaccard"), ("volume_dice", "vol. Dice"), ("volume_hd95", "vol. HD95 mm"))
+    """A Markdown table of a metrics.json: one row per structure and the mean. Per-case (volume)
+    figures lead, then the slice means over slices with the structure (foreground), then the
+    slice means over every slice (empty slices that are predicted empty score 1)."""
+    cols = (("volume_dice", "case Dice"), ("volume_jaccard", "case Jaccard"), ("volume_hd95", "case HD95 mm"),
+            ("foreground_dice", "fg-slice Dice"), ("foreground_jaccard", "fg-slice Jaccard"),
+            ("jaccard", "slice Jaccard"), ("dice", "slice Dice"), ("hd95", "slice HD95 mm"))
 
     def fmt(v: Any, key: str) -> str:
         if v is None:
@@ -308,6 +311,7 @@ def summary_table(metrics: dict) -> str:
 
     lines = ["| structure | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in metrics["jaccard"]["per_class"]:
-        lines.append(f"| {name} | " + " | ".join(fmt(metrics[k]["per_class"][name], k) for k, _ in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(fmt(metrics[k]["mean"], k) for k, _ in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(metrics.get(k, {}).get("per_class", {}).get(name), k)
+                                                  for k, _ in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(fmt(metrics.get(k, {}).get("mean"), k) for k, _ in cols) + " |")
     return "\n".join(lines)

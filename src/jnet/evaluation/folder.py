@@ -24,14 +24,12 @@ import numpy as np
 import torch
 
 from jnet.errors import ConfigError, DataError, JnetError
-from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, volume_metrics
+from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, volume_metrics
 from jnet.sources import readers
 from jnet.sources.common import AFFINE_TOLERANCE, spacing_of
 from jnet.utils.atomic import check_writable, write_json, write_text
 
 SUMMARY, PER_CASE = "summary.json", "per_case.csv"
-HD95_DEFINITION = ("MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed "
-                   "95th-percentile surface distances, in mm")
 
 
 def parse_structures(text: str | None) -> dict[str, list[int]] | None:

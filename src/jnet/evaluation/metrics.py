@@ -33,6 +33,8 @@ from jnet.transforms.slicing import slices_to_volume
 
 METRICS = ("jaccard", "dice", "hd95")
 HD_PERCENTILE = 95.0
+HD95_DEFINITION = ("MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed "
+                   "95th-percentile boundary distances, in mm (medpy's hd95 pools both directions)")
 
 EMPTY_POLICY = {
     "both_empty": {"jaccard": 1.0, "dice": 1.0, "hd95": 0.0},
@@ -225,6 +227,7 @@ class MetricsCollector:
         self._open: dict[int, dict] = {}
         self._indices: dict[str, list[int]] = {}
         self.n_gt_empty = np.zeros(len(self.names), dtype=np.int64)
+        self.gt_present: list[np.ndarray] = []  # per slice (K,): the structure is in the ground truth
         self.foreground = ForegroundCounter(self.names)
 
     def case_of(self, index: int) -> int:
@@ -242,7 +245,9 @@ class MetricsCollector:
         case_ids = [self.case_of(i) for i in index]
         spacing = np.array([self.cases[c]["spacing"][:2] for c in case_ids], dtype=np.float64)
         values = slice_metrics(pred, gt, spacing)
-        self.n_gt_empty += (~gt.flatten(2).any(-1)).sum(0).numpy()
+        present = gt.flatten(2).any(-1).numpy()
+        self.n_gt_empty += (~present).sum(0)
+        self.gt_present.extend(present)
         self.foreground.add(pred, gt)
         for b, (row, c) in enumerate(zip(index, case_ids)):
             case = self.cases[c]
@@ -361,7 +366,13 @@ class MetricsCollector:
             vv = np.array(self.volume_values[m]).reshape(-1, k)
             out[m] = summarise(sv, self.names, count_undefined=m == "hd95")
             out[f"volume_{m}"] = summarise(vv, self.names, count_undefined=m == "hd95")
+        # foreground-only slice means: the slices whose ground truth holds the structure
+        present = np.array(self.gt_present, dtype=bool).reshape(-1, k)
+        for m in ("jaccard", "dice"):
+            sv = np.array(self.slice_values[m], dtype=np.float64).reshape(-1, k)
+            out[f"foreground_{m}"] = summarise(np.where(present, sv, np.nan), self.names)
         out["hd95_undefined"] = out["hd95"]["n_undefined"]
+        out["hd95_definition"] = HD95_DEFINITION
         out["n_slices"] = len(self.slice_rows)
         out["n_cases"] = len(self.case_rows)
         out["n_gt_empty"] = {n: int(v) for n, v in zip(self.names, self.n_gt_empty)}
