@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,74 @@ def test_demo_quick_end_to_end(tmp_path):
     np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-5)
     # A second demo into the same folder is refused rather than overwriting it.
     assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_cells_in_parallel_processes(prepared, tmp_path):
+    """--launcher local --max-parallel 2: every cell runs as a submitit job, the same rows come out
+    as in-process, and a re-run submits nothing."""
+    from jnet.experiments.launch import LaunchOptions
+    from jnet.experiments.sweep import run_sweep
+
+    path = _sweep_file(tmp_path, seeds=[0, 1], bench={"batch": 2, "reps": 1, "onnx": False})
+    launch = LaunchOptions("local", max_parallel=2, cpus_per_task=1)
+    run_sweep(path, tmp_path / "jobs-out", data=str(prepared), quiet=True, launch=launch)
+    rows = {r["model"] + str(r["seed"]): r for r in report.read_csv(tmp_path / "jobs-out" / "results.csv")}
+    assert len(rows) == 4 and len(list((tmp_path / "jobs-out" / "jobs").glob("*_result.pkl"))) == 4
+    run_sweep(path, tmp_path / "here", data=str(prepared), quiet=True)
+    for r in report.read_csv(tmp_path / "here" / "results.csv"):
+        assert float(rows[r["model"] + r["seed"]]["jaccard"]) == pytest.approx(float(r["jaccard"]), abs=0.02)
+    before = len(list((tmp_path / "jobs-out" / "jobs").iterdir()))
+    run_sweep(path, tmp_path / "jobs-out", data=str(prepared), quiet=True, launch=launch)
+    assert len(list((tmp_path / "jobs-out" / "jobs").iterdir())) == before  # nothing resubmitted
+
+
+def test_a_failed_job_is_named_and_the_others_finish(tmp_path, monkeypatch):
+    from jnet.errors import JnetError
+    from jnet.experiments import launch as launch_mod
+    from jnet.experiments.sweep import Cell
+
+    cells = [Cell(f"c{i}", "m", 16, i, {}) for i in range(3)]
+    sweep = {"boom": "c1"}
+
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job process cannot import tests
+    monkeypatch.setattr(launch_mod, "run_cell_job", _fake_job)
+    with pytest.raises(JnetError, match=r"1 of 3 cell\(s\) failed \(c1: .*DataError: broken cell"):
+        launch_mod.launch_cells(cells, tmp_path, sweep, launch_mod.LaunchOptions("local", 2, cpus_per_task=1),
+                                quiet=True)
+    assert sorted(p.parent.name for p in tmp_path.glob("cells/*/cell.json")) == ["c0", "c2"]
+
+
+def _fake_job(cell, cell_dir, sweep, threads):
+    from jnet.errors import DataError
+    from jnet.utils.atomic import write_json
+
+    if cell.name == sweep["boom"]:
+        raise DataError("broken cell")
+    write_json(Path(cell_dir) / "cell.json", {"model": cell.model, "seed": cell.seed})
+    return {}
+
+
+def test_slurm_executor_gets_the_options(tmp_path, monkeypatch):
+    from jnet.errors import ConfigError
+    from jnet.experiments.launch import LaunchOptions, make_executor
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match="--launcher slurm: no SLURM on this machine"):
+        make_executor(tmp_path, LaunchOptions("slurm"))
+    fake = tmp_path / "bin"  # an srun that answers: enough to build (not to submit)
+    fake.mkdir()
+    for tool in ("srun", "sbatch"):
+        (fake / tool).write_text("#!/bin/sh\nexit 0\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+
+    executor = make_executor(tmp_path, LaunchOptions("slurm", max_parallel=8, partition="gpu",
+                                                     gpus_per_node=1, time_min=90, cpus_per_task=6))
+    params = executor.parameters
+    assert (params["partition"], params["gpus_per_node"], params["time"], params["cpus_per_task"],
+            params["array_parallelism"]) == ("gpu", 1, 90, 6, 8)

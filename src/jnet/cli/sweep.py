@@ -15,6 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides of the sweep file, e.g. seeds=[0] overrides=[train.epochs=5]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("running cells as jobs (submitit)")
+    g.add_argument("--launcher", choices=("none", "local", "slurm"), default="none",
+                   help="none: here, one after another (default); local: parallel processes on this "
+                        "machine; slurm: one SLURM job per cell")
+    g.add_argument("--max-parallel", type=int, default=1, metavar="N", help="cells running at once")
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--gpus-per-node", type=int, default=0, metavar="G", help="GPUs per SLURM job")
+    g.add_argument("--time", type=int, default=240, metavar="MIN", help="time limit per job (minutes)")
+    g.add_argument("--cpus-per-task", type=int, default=None, metavar="C",
+                   help="CPU threads per job (default: local cores / --max-parallel; slurm 4)")
     p.set_defaults(func=_sweep)
 
     d = sub.add_parser("demo", help="the main job on built-in synthetic data: synth, prepare, sweep, export, predict, report",
@@ -29,10 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from jnet.experiments.launch import LaunchOptions
     from jnet.experiments.sweep import run_sweep
     from jnet.training.presets import locate
 
-    report = run_sweep(locate(args.config), args.out, data=args.data, overrides=args.overrides, quiet=args.quiet)
+    launch = LaunchOptions(args.launcher, args.max_parallel, args.partition, args.gpus_per_node,
+                           args.time, args.cpus_per_task).check()
+    report = run_sweep(locate(args.config), args.out, data=args.data, overrides=args.overrides,
+                       quiet=args.quiet, launch=launch)
     print(f"report: {report}")
     print((report.parent / "results.md").read_text())
     return 0

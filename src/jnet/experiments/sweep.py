@@ -192,8 +192,12 @@ def bench_cell(model, info: Mapping, cell_dir: Path, options: Mapping[str, Any])
 
 
 def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = None,
-              overrides: Sequence[str] = (), quiet: bool = False) -> Path:
+              overrides: Sequence[str] = (), quiet: bool = False, launch: Any = None) -> Path:
     """Run (or resume) every cell of a sweep, then write the tables, plots and report.
+
+    Args:
+        launch: a :class:`jnet.experiments.launch.LaunchOptions` to run the cells as submitit
+            jobs (SLURM or local processes); None runs them here, one after another.
 
     Returns:
         The path of ``report.md``.
@@ -205,7 +209,12 @@ def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.yaml", yaml.safe_dump(_plain_sweep(sweep), sort_keys=False))
-    rows = run_cells(cells, out, sweep, quiet=quiet)
+    if launch is not None and launch.launcher != "none":
+        from jnet.experiments.launch import launch_cells
+
+        rows = launch_cells(cells, out, sweep, launch.check(), quiet=quiet)
+    else:
+        rows = run_cells(cells, out, sweep, quiet=quiet)
     return write_results(out, rows, sweep, cells)
 
 
