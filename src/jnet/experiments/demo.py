@@ -23,7 +23,8 @@ from jnet.synth.generate import synthesize
 from jnet.utils.atomic import claim_dir, swap_dir, write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
-# input, the subpixel head, BCE + Dice at every scale against class imbalance, AdamW + cosine),
+# input, the subpixel head at 20x the learning rate, BCE + Dice at every scale against class
+# imbalance, AdamW + cosine),
 # small enough for a CPU.
 RECIPE = {
     "data": {"downsample": "area"},
@@ -31,7 +32,7 @@ RECIPE = {
     "loss": {"lowres_target": "area", "mid_target": "area", "dice_weight": 1.0},
     "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine",
               "warmup": 1, "num_workers": 0, "precision": "32",
-              "augment": "flip"},
+              "augment": "flip", "head_lr_scale": 20.0},  # J-Net's head only (docs/method.md)
 }
 
 PRESETS = {
