@@ -302,3 +302,22 @@ def test_crash_while_overwriting_keeps_the_previous_results(tmp_path, monkeypatc
         evaluate(oracle, info_for(), root, out_dir=out, overlays=1, overwrite=True, quiet=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "overlays", "per_case.csv", "per_slice.csv"]
+
+
+def test_overlays_use_the_radiological_view():
+    """The same anatomy stored RAS or LPS looks the same: patient right on the viewer's left,
+    anterior at the top (axial)."""
+    from jnet.evaluation.overlays import radiological
+
+    ras = np.zeros((4, 5))  # rows = x (to the patient's right), cols = y (anterior)
+    ras[3, 4] = 1  # the most right and most anterior voxel
+    lps = ras[::-1, ::-1]  # the same slice with x -> left, y -> posterior
+    view_ras = radiological(np.diag([1.0, 1.0, 3.0, 1.0]), axis=2)
+    view_lps = radiological(np.diag([-1.0, -1.0, 3.0, 1.0]), axis=2)
+    shown = view_ras(ras)
+    np.testing.assert_array_equal(shown, view_lps(lps))
+    assert shown.shape == (5, 4) and shown[0, 0] == 1  # top (anterior), left (patient's right)
+    assert view_ras.edges == ("R", "L")
+    sagittal = radiological(np.diag([1.0, 1.0, 1.0, 1.0]), axis=0)  # rows = y, cols = z
+    assert sagittal.edges == ("A", "P")
+    assert radiological(None, 2)(ras) is not None and radiological(None, 2).edges is None

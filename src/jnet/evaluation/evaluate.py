@@ -235,9 +235,12 @@ def _render_overlays(out_dir: Path, model, dataset, collector: MetricsCollector,
             title = (f"{row['case_id']} slice {int(meta['slice_index'])}: {tag}, "
                      f"volume Jaccard {row['volume_jaccard']:.3f}")
             name = f"{rank + 1:04d}_{tag}_{safe}.png"
+            case = collector.cases[case_index[row["case_id"]]]
+            high = np.asarray(dataset.prepared.images[int(meta["index"])], dtype=np.float32)
             with _writing(out_dir / "overlays" / name):
                 save_overlay(tmp / name, torch.as_tensor(lr).numpy(), pred, gt, names, title=title,
-                             channel_name=channel)
+                             channel_name=channel, high_res=high, affine=case.get("affine"),
+                             axis=int(case.get("axis", 2)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
