@@ -166,6 +166,7 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
     rows = report.read_csv(out / "results.csv")
     assert {r["model"] for r in rows} == {"jnet", "baseline"}
     assert all(0.0 <= float(r["jaccard"]) <= 1.0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert all(float(r["peak_mem_mb"]) > 0 for r in rows)  # measured in a fresh process, not ~0
     text = report_path.read_text()
     assert "- 16² input: " in text and "![pareto.png](pareto.png)" in text  # a gain, or why none
     cell = out / "cells" / "jnet-16-seed0" / "cell.json"

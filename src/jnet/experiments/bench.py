@@ -212,6 +212,41 @@ class PeakRSS:
         self.mb = max(0, (end or 0) - (self.start or 0)) / 1024.0
 
 
+_FRESH_PEAK = """
+import sys, numpy as np, torch
+from jnet.experiments.bench import _reset_peak, _status_kb
+from jnet.training.checkpoint import load_model
+model, _ = load_model(sys.argv[1])
+x = torch.from_numpy(np.random.default_rng(0).standard_normal(
+    (int(sys.argv[2]), model.in_channels, model.in_size, model.in_size)).astype(np.float32))
+torch.set_num_threads(int(sys.argv[3]))
+_reset_peak()
+before = _status_kb("VmRSS")
+with torch.inference_mode():
+    for _ in range(3):
+        model(x)
+print(_status_kb("VmHWM") - before)
+"""
+
+
+def fresh_process_peak_mb(checkpoint: str | os.PathLike, batch: int, threads: int = 1) -> float | None:
+    """Peak resident memory (MB) that predicting one batch adds to a fresh process that has loaded
+    the model: what a deployment needs beyond the runtime and the weights. In-process figures
+    say nothing here: memory freed by earlier work (training, other models) is reused. None where
+    ``/proc`` is missing (not Linux) or the child fails."""
+    import subprocess
+    import sys
+
+    if _status_kb("VmHWM") is None:
+        return None
+    done = subprocess.run([sys.executable, "-c", _FRESH_PEAK, str(checkpoint), str(batch), str(threads)],
+                          capture_output=True, text=True, timeout=300)
+    try:
+        return int(done.stdout.strip().splitlines()[-1]) / 1024.0
+    except (ValueError, IndexError):
+        return None
+
+
 def _status_kb(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -155,6 +155,11 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
     metrics = evaluate(model, info, config.data.path, split=ev.get("split", "test"), fold=config.data.fold,
                        out_dir=cell_dir / "eval", overwrite=True, overlays=0, quiet=quiet)
     speed = bench_cell(model, info, cell_dir, sweep.get("bench", {}))
+    from jnet.experiments.bench import fresh_process_peak_mb
+    from jnet.training.checkpoint import resolve
+
+    # the in-process growth reads ~0 after training (freed memory is reused): a fresh process
+    speed["peak_mem_mb"] = fresh_process_peak_mb(resolve(run_dir), int(sweep.get("bench", {}).get("batch", 16)))
     row = {
         "model": cell.model, "in_size": cell.in_size, "out_size": int(model.out_size), "seed": cell.seed,
         "arch": info["model"].get("arch"), "base": info["model"].get("base"),
