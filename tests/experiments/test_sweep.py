@@ -167,6 +167,7 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
     assert {r["model"] for r in rows} == {"jnet", "baseline"}
     assert all(0.0 <= float(r["jaccard"]) <= 1.0 and float(r["images_per_s"]) > 0 for r in rows)
     assert all(float(r["peak_mem_mb"]) > 0 for r in rows)  # measured in a fresh process, not ~0
+    check_self_contained_html(out / "report.html")
     text = report_path.read_text()
     assert "- 16² input: " in text and "![pareto.png](pareto.png)" in text  # a gain, or why none
     cell = out / "cells" / "jnet-16-seed0" / "cell.json"
@@ -194,6 +195,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "degenerate" not in (out / "sweep" / "results.md").read_text()
     assert _is_png(out / "sweep" / "jaccard_vs_size.png") and _is_png(out / "sweep" / "samples.png")
     assert (out / "jnet.onnx").stat().st_size > 0
+    check_self_contained_html(out / "report.html")
     masks = list((out / "predictions").glob("*.nii.gz"))
     assert len(masks) == 1
     import nibabel as nib
@@ -275,3 +277,22 @@ def test_slurm_executor_gets_the_options(tmp_path, monkeypatch):
     params = executor.parameters
     assert (params["partition"], params["gpus_per_node"], params["time"], params["cpus_per_task"],
             params["array_parallelism"]) == ("gpu", 1, 90, 6, 8)
+
+
+def check_self_contained_html(path):
+    """report.html: tables and figures inside the one file, nothing fetched from elsewhere; and,
+    where a headless browser is installed, it renders the page."""
+    import re
+    import shutil
+    import subprocess
+
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # no external or relative references
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser:  # CI machines with a browser load it for real
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                              path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0 and "<table>" in dom.stdout

@@ -18,6 +18,7 @@ import yaml
 
 from jnet.cache.build import prepare_dataset
 from jnet.errors import JnetError
+from jnet.experiments.report import write_html
 from jnet.experiments.sweep import make_cells, run_cells, write_results
 from jnet.synth.generate import synthesize
 from jnet.utils.atomic import claim_dir, swap_dir, write_text
@@ -157,3 +158,4 @@ def _finish_report(out: Path, report: Path, best: str, onnx_path: Path, volume: 
         body.replace("# jnet sweep report", "## Sweep").replace("\n## ", "\n### ").replace("\n### Sweep", "\n## Sweep"),
     ]
     write_text(out / "report.md", "\n".join(lines))
+    write_html(out / "report.md")

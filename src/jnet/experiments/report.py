@@ -258,3 +258,47 @@ def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str
             f"Jaccard ({gain:+.1f} points; {verdict}){speed}."
         )
     return lines
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.55rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead { background: #f2f2f2; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5rem 0; }
+pre { background: #f6f6f6; padding: 0.75rem; overflow-x: auto; font-size: 0.8rem; }
+code { font-size: 0.9em; }
+"""
+
+
+def write_html(markdown_path: str | Path) -> Path:
+    """``report.html`` beside ``report.md``: the same content as one self-contained file (figures
+    inlined as data URIs, no external references), to open in any browser or send as is."""
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    markdown_path = Path(markdown_path)
+    body = markdown.markdown(markdown_path.read_text(), extensions=["tables", "fenced_code"])
+
+    def inline(match: re.Match) -> str:
+        src = html.unescape(match.group(2))
+        image = markdown_path.parent / src
+        if re.match(r"^[a-z]+:", src) or not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f'{match.group(1)}"data:image/png;base64,{data}"'
+
+    body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', inline, body)
+    title = next((line[2:].strip() for line in markdown_path.read_text().splitlines()
+                  if line.startswith("# ")), "jnet report")
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_HTML_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+    path = markdown_path.with_suffix(".html")
+    write_text(path, page)
+    return path

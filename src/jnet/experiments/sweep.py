@@ -339,4 +339,5 @@ def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: l
     ]
     path = out / "report.md"
     write_text(path, "\n".join(lines))
+    report.write_html(path)
     return path
