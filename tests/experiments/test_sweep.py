@@ -45,9 +45,11 @@ def test_markdown_table_and_gain_summary():
     agg = report.aggregate(ROWS)
     table = report.markdown_table(agg)
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| model | input | output | seeds | Jaccard %")
+    # per-case (volume) figures lead the table, the slice means follow
+    assert lines[0].startswith("| model | input | output | seeds | vol. Jaccard % | Jaccard %")
     assert len(lines) == 2 + 3
-    assert "| baseline | 16² | 64² | 2 | 55.0 ± 5.0 |" in table
+    row = next(line for line in lines if line.startswith("| baseline | 16² | 64² | 2 |"))
+    assert "| 55.0 ± 5.0 |" in row
     gain = report.gain_summary(agg)
     assert len(gain) == 1 and "+20.0 points" in gain[0] and "better" in gain[0]
 

@@ -22,19 +22,21 @@ from jnet.utils.plots import pyplot, save_png
 # Identity of a cell, then what is measured for it (quality, size, speed).
 KEY_FIELDS = ("model", "in_size", "out_size", "seed")
 METRIC_FIELDS = (
-    "jaccard", "dice", "hd95", "volume_jaccard",
+    "volume_dice", "volume_jaccard", "jaccard", "dice", "hd95",
     "params", "macs", "images_per_s", "latency_p50_ms", "latency_p95_ms", "peak_mem_mb",
     "onnx_images_per_s", "train_time_s", "hd95_undefined",
 )
-QUALITY_FIELDS = ("jaccard", "dice", "hd95", "volume_jaccard")
+QUALITY_FIELDS = ("volume_dice", "volume_jaccard", "jaccard", "dice", "hd95")
 ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample", "degenerate") + METRIC_FIELDS
 
-# How each metric is printed in the Markdown table: (header, format, scale).
+# How each metric is printed in the Markdown table: (header, format, scale). Per-case (volume)
+# figures lead; the slice means (empty slices predicted empty count 1) follow.
 _COLUMNS = {
+    "volume_dice": ("case Dice %", "{:.1f}", 100.0),
+    "volume_jaccard": ("vol. Jaccard %", "{:.1f}", 100.0),
     "jaccard": ("Jaccard %", "{:.1f}", 100.0),
     "dice": ("Dice %", "{:.1f}", 100.0),
     "hd95": ("HD95 mm", "{:.2f}", 1.0),
-    "volume_jaccard": ("vol. Jaccard %", "{:.1f}", 100.0),
     "params": ("params", "{:,.0f}", 1.0),
     "macs": ("MMACs", "{:.1f}", 1e-6),
     "images_per_s": ("img/s torch b16", "{:.0f}", 1.0),
@@ -44,7 +46,7 @@ _COLUMNS = {
     "hd95_undefined": ("HD95 undef.", "{:.0f}", 1.0),
 }
 # Columns whose spread over seeds is worth printing (the rest are deterministic or noisy timing).
-_WITH_STD = {"jaccard", "dice", "hd95", "volume_jaccard"}
+_WITH_STD = {"volume_dice", "jaccard", "dice", "hd95", "volume_jaccard"}
 
 
 def _finite(values: Iterable) -> list[float]:

@@ -166,6 +166,7 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
         "downsample": info.get("downsample"),
         "jaccard": metrics["jaccard"]["mean"], "dice": metrics["dice"]["mean"],
         "hd95": metrics["hd95"]["mean"], "volume_jaccard": metrics["volume_jaccard"]["mean"],
+        "volume_dice": metrics["volume_dice"]["mean"],
         "hd95_undefined": metrics["hd95_undefined"], "degenerate": metrics["degenerate"] or "",
         "train_time_s": train_time, **speed,
     }
