@@ -436,3 +436,12 @@ def test_subpixel_options_and_the_fields_that_do_not_apply():
     assert "model.head_code: expected an integer >= 0" in _error(head="subpixel", head_code=-1)
     with pytest.raises(ConfigError, match="not an affine map"):
         fold_head(build_model(head="subpixel", width=4, in_size=16, out_size=64))
+
+
+def test_meta_tensor_eval_runs_unfolded():
+    """Shape-only runs (the MAC counter's meta tensors) have no weights: no automatic fold."""
+    from jnet.experiments.profiling import count_macs
+
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=64).eval()
+    with torch.no_grad():
+        assert count_macs(model, (1, 1, 16, 16)) > 0

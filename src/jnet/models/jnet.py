@@ -125,6 +125,8 @@ class JNet(nn.Module):
                 or tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
             return None  # exporters and compilers choose their own path (jnet export folds explicitly)
         state = [*self.head.parameters(), *self.head.buffers()]
+        if not state or state[0].is_meta:  # shape-only runs (MAC counting) have no weights to fold
+            return None
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in state)
         if self._auto_folded is None or self._auto_folded[0] != key:
             from jnet.models.fold import fold_affine_head
