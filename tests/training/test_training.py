@@ -450,8 +450,8 @@ def test_cli_refusals(tmp_path, capsys):
         main(["train", "--config", "x.yaml", "--out", str(tmp_path / "r"), "--resume", "--overwrite"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path / "r")]) == 2
-    assert "--config: required" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2  # the built-in default, but no data
+    assert "data.path: not set" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
