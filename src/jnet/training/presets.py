@@ -60,5 +60,7 @@ def locate(spec: str | os.PathLike) -> Path:
     name = name[:-len(".yaml")] if name.endswith(".yaml") else name
     if name in names():
         return root() / f"{name}.yaml"
+    if path.is_absolute() or str(spec).startswith((".", "~")):  # plainly a file path, not a name
+        raise ConfigError(f"{spec}: config file not found")
     raise ConfigError(f"--config: {spec}: no such file and no built-in config of that name; built-in: "
                       f"{', '.join(names())} (jnet config list){did_you_mean(name, names())}")
