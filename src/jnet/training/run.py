@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from jnet.cache.reader import open_prepared
-from jnet.errors import CheckpointError, ConfigError, DataError, JnetError, OutputError
+from jnet.errors import CheckpointError, ConfigError, DataError, JnetError
 from jnet.training import rundir
 from jnet.training.checkpoint import model_from_checkpoint, read_checkpoint
 from jnet.training.checkpoint_io import AtomicCheckpointIO
@@ -155,8 +155,6 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
             try:
                 _fit(trainer, module, datamodule, rundir.last_checkpoint(run_dir) if resume else None)
                 status = "interrupted" if trainer.interrupted else "finished"
-            except OutputError:
-                raise
             except OSError as e:  # disk full, read-only, I/O error: name the file
                 raise JnetError(f"training in {run_dir} stopped by an I/O error on "
                                 f"{e.filename or 'a file'}: {e.strerror or e}; the last complete "
