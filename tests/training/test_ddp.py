@@ -31,7 +31,7 @@ def steps_and_jaccard(run: Path) -> tuple[int, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TORCHRUN.exists() or not JNET.exists(), reason="torchrun / jnet scripts not installed")
+@pytest.mark.skipif(not TORCHRUN.exists() or not JNET.exists(), reason="needs the torchrun and jnet console scripts beside this Python (a pip install of jnet)")
 def test_two_nodes_train_one_run_like_one_process_with_the_same_global_batch(tmp_path):
     cache = write_cache(tmp_path / "cache", cases=6, slices=4)  # 5 train cases x 4 slices, 1 val
     raw = tiny(cache, epochs=3, batch_size=4)

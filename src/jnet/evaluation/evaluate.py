@@ -28,7 +28,7 @@ from jnet import __version__
 from jnet.cache.reader import SliceDataset, make_loader, open_prepared
 from jnet.cache.schema import check_compatible
 from jnet.errors import ConfigError, DataError, OutputError
-from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector
+from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector, jsonable
 from jnet.models.blocks import upsample_bilinear
 from jnet.training.checkpoint import load_model, resolve
 from jnet.transforms import tasks
@@ -176,8 +176,8 @@ def evaluate(
     with _writing(out_dir / "overlays"):
         swap_dir(staged, out_dir / "overlays")
     with _writing(out_dir / "metrics.json"):
-        write_json(out_dir / "metrics.json", _jsonable(result))  # last: marks a complete evaluation
-    return _jsonable(result)
+        write_json(out_dir / "metrics.json", jsonable(result))  # last: marks a complete evaluation
+    return jsonable(result)
 
 
 def evaluate_path(source: str | os.PathLike, data: str | os.PathLike, *, trust_pickle: bool = False,
@@ -285,18 +285,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
     with _writing(path):
         write_text(path, buf.getvalue())
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def summary_table(metrics: dict) -> str:

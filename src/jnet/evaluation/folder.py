@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from jnet.errors import ConfigError, DataError, JnetError
-from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, volume_metrics
+from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, jsonable, volume_metrics
 from jnet.sources import readers
 from jnet.sources.common import AFFINE_TOLERANCE, spacing_of
 from jnet.utils.atomic import check_writable, write_json, write_text
@@ -189,8 +189,8 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
                         "nsd": f"MONAI compute_surface_dice, tolerance {tolerance_mm} mm; both empty: 1"},
     }
     write_text(out_dir / PER_CASE, _csv(rows, names_from))
-    write_json(out_dir / SUMMARY, _jsonable(summary))
-    return _jsonable(summary)
+    write_json(out_dir / SUMMARY, jsonable(summary))
+    return jsonable(summary)
 
 
 def _means(rows: list[dict], structures: Mapping[str, Sequence[int]], foreground: bool) -> dict:
@@ -216,16 +216,6 @@ def _csv(rows: list[dict], structures: Mapping[str, Sequence[int]]) -> str:
                 row[f"{m}_{n}"] = "" if not math.isfinite(v) else f"{v:.6g}"
         writer.writerow(row)
     return buf.getvalue()
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:

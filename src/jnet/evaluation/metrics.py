@@ -155,6 +155,19 @@ def _float_or_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy numbers to Python ones, NaN/Inf to None (JSON has none)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def summarise(values: np.ndarray, names: Sequence[str], *, count_undefined: bool = False) -> dict:
     """Mean per structure and over structures, NaN-aware and JSON-ready.
 

@@ -138,9 +138,10 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
 
 def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> dict:
     """Train, evaluate and bench one cell; write and return its row (``cell.json``)."""
-    from jnet.training.checkpoint import load_model
-    from jnet.training.config import config_from_dict
     from jnet.evaluation.evaluate import evaluate
+    from jnet.experiments.bench import fresh_process_peak_mb
+    from jnet.training.checkpoint import load_model, resolve
+    from jnet.training.config import config_from_dict
     from jnet.training.run import train
 
     config = config_from_dict(cell.config, source=cell.name)
@@ -155,9 +156,6 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
     metrics = evaluate(model, info, config.data.path, split=ev.get("split", "test"), fold=config.data.fold,
                        out_dir=cell_dir / "eval", overwrite=True, overlays=0, quiet=quiet)
     speed = bench_cell(model, info, cell_dir, sweep.get("bench", {}))
-    from jnet.experiments.bench import fresh_process_peak_mb
-    from jnet.training.checkpoint import resolve
-
     # the in-process growth reads ~0 after training (freed memory is reused): a fresh process
     speed["peak_mem_mb"] = fresh_process_peak_mb(resolve(run_dir), int(sweep.get("bench", {}).get("batch", 16)))
     row = {

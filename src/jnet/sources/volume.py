@@ -55,7 +55,7 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None,
             f"{path}: a {data.ndim}D image of shape {data.shape}; expected 3D (X, Y, Z) or 4D "
             f"(X, Y, Z, channels)"
         )
-    names = _msd_channel_names(path, image.shape[0])
+    names = _manifest_channel_names(path, image.shape[0], "modality")
     if not names and file_channels:
         if len(file_channels) != image.shape[0]:
             raise DataError(f"{path}: --channels names {len(file_channels)} channel(s) "
@@ -81,7 +81,7 @@ def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = N
     read = read_channels(Report(strict=True), paths, [p.name for p in paths])
     assert read is not None  # strict mode raises instead
     image, affine = read
-    names = _nnunet_channel_names(paths[0], len(paths))
+    names = _manifest_channel_names(paths[0], len(paths), "channel_names")
     if names and channels is not None:
         keep = select_channels(names, channels)
         image, names = image[keep], tuple(names[i] for i in keep)
@@ -90,28 +90,15 @@ def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = N
     return LoadedCase(np.ascontiguousarray(image), None, affine, spacing_of(affine), tuple(names))
 
 
-def _nnunet_channel_names(path: Path, count: int) -> tuple[str, ...]:
+def _manifest_channel_names(path: Path, count: int, key: str) -> tuple[str, ...]:
+    """Channel names from the ``dataset.json`` beside an image or one folder up: ``key`` is
+    ``modality`` (MSD) or ``channel_names`` (nnU-Net); () when there is none or it does not fit."""
     for folder in (path.parent, path.parent.parent):
         manifest = folder / "dataset.json"
         if manifest.is_file():
             try:
-                names = json.loads(manifest.read_text()).get("channel_names", {})
+                names = json.loads(manifest.read_text()).get(key, {})
                 return tuple(str(names[str(i)]) for i in range(count))
             except (OSError, ValueError, KeyError, AttributeError):
                 return ()
-    return ()
-
-
-def _msd_channel_names(path: Path, count: int) -> tuple[str, ...]:
-    """Channel names of an MSD image from the ``dataset.json`` of its task folder, if any."""
-
-    for folder in (path.parent, path.parent.parent):
-        manifest = folder / "dataset.json"
-        if manifest.is_file():
-            try:
-                modality = json.loads(manifest.read_text()).get("modality", {})
-                names = tuple(str(modality[str(i)]) for i in range(count))
-            except (OSError, ValueError, KeyError, AttributeError):
-                return ()
-            return names
     return ()
