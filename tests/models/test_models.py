@@ -178,7 +178,7 @@ def test_build_model_signature_lists_fields():
     params = inspect.signature(build_model).parameters
     assert list(params) == ["arch", "base", "variant", "width", "depth", "norm", "in_channels",
                             "classes", "in_size", "out_size", "head", "head_skips", "head_code",
-                            "head_hidden", "train_at"]
+                            "head_hidden", "head_layers", "train_at"]
     assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
     assert set(BASES) == {"elunet", "unet", "basicunet"}
 
@@ -424,6 +424,24 @@ def test_subpixel_head_sees_code_channels_and_image_in_its_block():
         assert seen[3:6, 3:6].sum() > 0
         seen[3:6, 3:6] = 0
         assert seen.sum() == 0
+
+
+def test_subpixel_head_layers_widen_its_view():
+    """head_layers hidden 3x3 layers: a block sees a (2 L + 1)^2 neighbourhood of the base's output."""
+    model = build_model(head="subpixel", head_layers=2, head_code=2, head_hidden=4, width=4,
+                        in_size=16, out_size=64)
+    assert model.config["head_layers"] == 2
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.head.body) == 2
+    with torch.no_grad():
+        model.head.out.weight.normal_()
+    out = torch.randn(1, 3, 16, 16, requires_grad=True)
+    model.head(out, torch.randn(1, 1, 16, 16))[-1][0, 0, 32:36, 32:36].sum().backward()  # pixel (8, 8)
+    seen = out.grad[0, 1:].abs().sum(0)  # the code channels
+    assert seen[6:11, 6:11].sum() > 0
+    seen[6:11, 6:11] = 0
+    assert seen.sum() == 0
+    assert "model.head_layers: expected an integer >= 1" in _error(head="subpixel", head_layers=0)
+    assert build_model(arch="baseline", width=4).config["head_layers"] is None
 
 
 def test_subpixel_options_and_the_fields_that_do_not_apply():

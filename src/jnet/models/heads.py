@@ -175,9 +175,9 @@ class SubpixelHead(nn.Module):
     """Bilinear upsampling of the logits plus a learned sub-pixel correction, computed at ``s``.
 
     ``out_S = bilinear(logits, S) + blocks(body(cat[logits, code, image]))``, ``f = 2**K``: ``body``
-    is ``Conv3x3 -> ReLU`` then a linear map to each pixel's ``f x f`` output block (``hidden`` >
-    0), or one linear map of the 3x3 neighbourhood (``hidden`` = 0, an affine head); ``blocks``
-    lays the blocks out side by side (a sub-pixel convolution, as PixelShuffle). Each block is
+    is ``layers`` x (``Conv3x3 -> ReLU``) then a linear map to each pixel's ``f x f`` output block
+    (``hidden`` > 0), or one linear map of the 3x3 neighbourhood (``hidden`` = 0, an affine head);
+    ``blocks`` lays the blocks out side by side (a sub-pixel convolution, as PixelShuffle). Each block is
     predicted from the 3x3 neighbourhood of its low-resolution pixel: the logits, ``code`` more
     channels of the base's last layer (what one number per pixel cannot carry, e.g. where inside
     the pixel a boundary lies) and the image's own partial-volume values. The last layer starts at
@@ -193,7 +193,8 @@ class SubpixelHead(nn.Module):
         classes: logit channels C.
         k: x2 factors, 1..5 (``f = 2**K``).
         code: extra channels asked of the base (:attr:`code_channels`).
-        hidden: channels of the hidden layer; 0 = affine.
+        hidden: channels of the hidden layers; 0 = affine.
+        layers: hidden ``Conv3x3 -> ReLU`` layers (each widens the view by one pixel per side).
         in_channels: image channels the head sees.
 
     Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
@@ -202,13 +203,16 @@ class SubpixelHead(nn.Module):
     foldable = False  # computed at the input resolution already
 
     def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, layers: int = 1) -> None:
         super().__init__()
         _check_k(k)
         self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
         self.factor = factor = 2 ** k
         c_in = classes + code + in_channels
-        self.body = nn.Sequential(conv3x3(c_in, hidden), nn.ReLU(inplace=True)) if hidden else None
+        body: list[nn.Module] = []
+        for i in range(layers if hidden else 0):
+            body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*body) if body else None
         self.out = nn.Linear(hidden or 9 * c_in, classes * factor * factor)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -241,7 +245,8 @@ class SubpixelHead(nn.Module):
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
-#: (``skips``, ``code``, ``hidden``, ``in_channels``) and ``factors``, ``foldable``, ``code_channels``.
+#: (``skips``, ``code``, ``hidden``, ``layers``, ``in_channels``) and ``factors``, ``foldable``,
+#: ``code_channels``.
 HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 
 

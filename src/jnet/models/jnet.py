@@ -26,10 +26,12 @@ TRAIN_AT = ("input", "output")
 DEFAULTS: dict[str, Any] = {
     "arch": "jnet", "base": "elunet", "variant": DEFAULT_VARIANT, "width": 16, "depth": 4,
     "norm": "batch", "in_channels": 1, "classes": 1, "in_size": 16, "out_size": None,
-    "head": "paper", "head_skips": True, "head_code": 8, "head_hidden": 32, "train_at": "input",
+    "head": "paper", "head_skips": True, "head_code": 8, "head_hidden": 32, "head_layers": 1,
+    "train_at": "input",
 }
 #: model field -> the head option it sets (each head takes the options its class declares)
-HEAD_OPTIONS = {"head_skips": "skips", "head_code": "code", "head_hidden": "hidden"}
+HEAD_OPTIONS = {"head_skips": "skips", "head_code": "code", "head_hidden": "hidden",
+                "head_layers": "layers"}
 DEFAULT_OUT_SIZE = 256
 
 
@@ -62,8 +64,9 @@ class JNet(nn.Module):
             ``head(base_output, image)``, returning the outputs low -> high.
         head_skips: the ``paper``/``chain`` head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
-        head_code, head_hidden: the ``subpixel`` head's code channels and hidden width. The base
-            must then emit ``classes + head_code`` channels (:func:`build_model` builds it so).
+        head_code, head_hidden, head_layers: the ``subpixel`` head's code channels, hidden width
+            and hidden layers. The base must then emit ``classes + head_code`` channels
+            (:func:`build_model` builds it so).
 
     Shape: train ``(B, Cin, s, s) -> [(B, C, s*f, s*f) for f in head.factors]`` (``paper``:
     ``f = 1, 2, ..., 2**K``; ``subpixel``: ``f = 1, 2**K``); eval ``(B, Cin, s, s) -> (B, C, S, S)``.
@@ -77,7 +80,8 @@ class JNet(nn.Module):
 
     def __init__(self, base: nn.Module, in_size: int, out_size: int, classes: int,
                  head: str | nn.Module = "paper", head_skips: bool = True,
-                 in_channels: int | None = None, head_code: int = 8, head_hidden: int = 32) -> None:
+                 in_channels: int | None = None, head_code: int = 8, head_hidden: int = 32,
+                 head_layers: int = 1) -> None:
         super().__init__()
         k = _stages(in_size, out_size)
         if k is None or not 1 <= k <= MAX_STAGES:
@@ -85,8 +89,9 @@ class JNet(nn.Module):
                               f"1..{MAX_STAGES} (in_size {in_size})")
         self.base = base
         self.in_channels = in_channels if in_channels is not None else base.in_channels
-        self.head = (build_head(head, classes, k, skips=head_skips, code=head_code, hidden=head_hidden,
-                                in_channels=self.in_channels) if isinstance(head, str) else head)
+        self.head = head if not isinstance(head, str) else build_head(
+            head, classes, k, skips=head_skips, code=head_code, hidden=head_hidden, layers=head_layers,
+            in_channels=self.in_channels)
         self.in_size, self.out_size, self.classes, self.k = in_size, out_size, classes, k
         factors = getattr(self.head, "factors", [2 ** i for i in range(k + 1)])
         self.output_scales = [in_size * f for f in factors]
@@ -255,10 +260,10 @@ def resolve_config(**config: Any) -> dict[str, Any]:
         value = cfg[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             problems.append(f"model.{key}: expected a positive integer, found {value!r}")
-    for key in ("head_code", "head_hidden"):
+    for key, least in (("head_code", 0), ("head_hidden", 0), ("head_layers", 1)):
         value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            problems.append(f"model.{key}: expected an integer >= 0, found {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append(f"model.{key}: expected an integer >= {least}, found {value!r}")
     if not isinstance(cfg["head_skips"], bool):
         problems.append(f"model.head_skips: expected true or false, found {cfg['head_skips']!r}")
     if problems:  # names and types first: the size rules need valid integers
@@ -298,7 +303,8 @@ def build_model(**config: Any) -> nn.Module:
     ELU-Net only), ``width=16``, ``depth=4``, ``norm="batch"`` (``batch`` | ``instance`` |
     ``group``), ``in_channels=1``, ``classes=1``, ``in_size=16``, ``out_size=256`` (``in_size``
     for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain`` | ``subpixel``), ``head_skips=True``
-    (paper, chain), ``head_code=8``, ``head_hidden=32`` (subpixel), ``train_at="input"`` (baseline: ``input`` | ``output``).
+    (paper, chain), ``head_code=8``, ``head_hidden=32``, ``head_layers=1`` (subpixel),
+    ``train_at="input"`` (baseline: ``input`` | ``output``).
 
     Returns:
         A :class:`JNet` (arch jnet) or :class:`Baseline` (arch baseline / base) whose ``.config``
@@ -313,7 +319,8 @@ def build_model(**config: Any) -> nn.Module:
                               cfg["norm"], cfg["variant"])
     if cfg["arch"] == "jnet":
         model: nn.Module = JNet(base, cfg["in_size"], cfg["out_size"], cfg["classes"], cfg["head"],
-                                bool(cfg["head_skips"]), cfg["in_channels"], code, cfg["head_hidden"] or 0)
+                                bool(cfg["head_skips"]), cfg["in_channels"], code, cfg["head_hidden"] or 0,
+                                cfg["head_layers"] or 1)
     else:
         model = Baseline(base, cfg["in_size"], cfg["out_size"], cfg["train_at"] or "input",
                          cfg["classes"], cfg["in_channels"])
