@@ -71,6 +71,22 @@ def test_bench_side_by_side_with_end_to_end(tmp_path):
     assert "End to end" in table and "- base16:width=4,depth=2 / torch-folded: " in table
 
 
+def test_bf16_backend_runs_the_model_under_autocast():
+    """torch-bf16: the same model under CPU autocast; logits come back float32, close to the FP32
+    ones within bfloat16's precision, and the row says which precision ran."""
+    from jnet.experiments.bench import make_predictor
+
+    subject = load_subject("jnet16:width=4,depth=2,out_size=64,head=subpixel")
+    fp32 = make_predictor(subject, "torch", threads=1)
+    bf16 = make_predictor(subject, "torch-bf16", threads=1)
+    x = np.random.default_rng(0).normal(size=(2, 1, 16, 16)).astype(np.float32)
+    ref, low = fp32(x), bf16(x)
+    assert low.dtype == np.float32 and low.shape == ref.shape == (2, 1, 64, 64)
+    assert (bf16.meta.precision, fp32.meta.precision) == ("bf16", "fp32")
+    assert np.abs(low - ref).max() <= 0.05 * np.abs(ref).max() + 1e-3
+    assert not np.array_equal(low, ref)  # bfloat16 really ran
+
+
 def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
     onnx_path = tmp_path / "m.onnx"
     model = load_subject(TINY)

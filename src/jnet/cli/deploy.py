@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_ints, default=[1, 16], metavar="1,16", help="batch sizes")
     p.add_argument("--backend", type=comma_list, default=["torch", "onnxruntime"],
                    metavar="torch,onnxruntime,int8",
-                   help="backends: torch (eager), torch-folded, onnxruntime (FP32), int8")
+                   help="backends: torch (eager), torch-folded, torch-unfolded, torch-bf16 (autocast), "
+                        "onnxruntime (FP32), int8")
     p.add_argument("--sizes", type=_ints, default=None, metavar="16,32",
                    help="input sizes substituted into spec models")
     p.add_argument("--volume", metavar="F", help="NIfTI volume for the end-to-end measurement")

@@ -13,6 +13,7 @@ refused (``verify=False``, ``--no-verify``, skips the check).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -251,15 +252,19 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: Any, info: dict, *, threads: int | None = None,
-                   source: str = "pytorch model") -> "Predictor":
-        """A PyTorch (eager) predictor for ``model`` (put in eval mode) and its ``info`` dict."""
+                   source: str = "pytorch model", bf16: bool = False) -> "Predictor":
+        """A PyTorch (eager) predictor for ``model`` (put in eval mode) and its ``info`` dict;
+        ``bf16`` runs it under CPU autocast to bfloat16 (logits come back as float32)."""
         import torch
 
         model.eval()
         meta = ModelMeta.from_model(model, info)
+        if bf16:
+            meta = dataclasses.replace(meta, precision="bf16")
 
         def run(x: np.ndarray) -> np.ndarray:
-            with torch_threads(threads), torch.inference_mode():
+            with (torch_threads(threads), torch.inference_mode(),
+                  torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)):
                 out = model(torch.from_numpy(x))
             if isinstance(out, (list, tuple)):  # eval contract is one tensor; be lenient
                 out = out[-1]

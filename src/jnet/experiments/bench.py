@@ -32,8 +32,10 @@ from jnet.deploy.runtime import torch_threads
 from jnet.errors import ConfigError, DataError, JnetError
 
 # torch: eager, the default path (an affine head folds itself in eval mode); torch-folded: the
-# explicitly folded copy (jnet.models.fold_head); torch-unfolded: the head as trained.
-BACKENDS = ("torch", "torch-folded", "torch-unfolded", "onnxruntime", "int8")
+# explicitly folded copy (jnet.models.fold_head); torch-unfolded: the head as trained; torch-bf16:
+# the default path under CPU autocast to bfloat16 (oneDNN's AMX / AVX512-BF16 kernels where the
+# CPU has them).
+BACKENDS = ("torch", "torch-folded", "torch-unfolded", "torch-bf16", "onnxruntime", "int8")
 SPEC = re.compile(r"^(jnet|baseline|base)(\d+)(?::(.*))?$")
 DEFAULT_S = 256  # the high-resolution grid of the paper's data, for specs
 CALIB_SLICES = 32
@@ -161,7 +163,8 @@ def make_predictor(subject: Subject, backend: str, *, threads: int | None = None
                 raise ConfigError(f"{subject.name}: no affine J-Net head: torch-unfolded is torch")
             model = copy.deepcopy(model)
             model.auto_fold = False
-        return Predictor.from_model(model, subject.info, threads=threads, source=subject.name)
+        return Predictor.from_model(model, subject.info, threads=threads, source=subject.name,
+                                    bf16=backend == "torch-bf16")
     return Predictor.from_onnx(graph(subject, backend, calib), threads=threads, source=subject.name)
 
 
@@ -466,7 +469,8 @@ def _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib,
             continue
         meta = predictor.meta
         auto = getattr(getattr(subject.model, "head", None), "foldable", False)
-        head = {"torch": "folded" if auto else "module", "torch-folded": "folded",
+        head = {"torch": "folded" if auto else "module", "torch-bf16": "folded" if auto else "module",
+                "torch-folded": "folded",
                 "torch-unfolded": "module"}.get(backend, meta.extra.get("head"))
         params, macs = count_model(subject, folded=head == "folded")
         predictors[(spec, backend)] = predictor
