@@ -127,3 +127,20 @@ def test_measure_torch_and_onnx_for_the_sweep(tmp_path):
         assert set(result) == {"images_per_s", "batch", "latency_p50_ms", "latency_p95_ms", "peak_mem_mb"}
         assert result["batch"] == 2 and result["images_per_s"] > 0
         assert result["latency_p95_ms"] >= result["latency_p50_ms"] > 0
+
+
+def test_profile_ort_shows_the_int8_kernels_that_run(capsys):
+    """benchmarks/profile_ort.py: per-op shares of ONNX Runtime's own profile; the INT8 graph
+    really runs integer convolutions (QLinearConv), and the FP32 one none."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_ort.py"
+    spec = importlib.util.spec_from_file_location("profile_ort", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([TINY, "--batch", "2", "--threads", "1"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| FP32") or line.startswith("| INT8")}
+    assert "QLinearConv" in rows["INT8"] and "QLinearConv" not in rows["FP32"]
+    assert " Conv " in rows["FP32"]
