@@ -178,7 +178,7 @@ def test_build_model_signature_lists_fields():
     params = inspect.signature(build_model).parameters
     assert list(params) == ["arch", "base", "variant", "width", "depth", "norm", "in_channels",
                             "classes", "in_size", "out_size", "head", "head_skips", "head_code",
-                            "head_hidden", "head_layers", "train_at"]
+                            "head_hidden", "head_layers", "head_dropout", "train_at"]
     assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
     assert set(BASES) == {"elunet", "unet", "basicunet"}
 
@@ -463,3 +463,20 @@ def test_meta_tensor_eval_runs_unfolded():
     model = build_model(variant="faithful", width=4, in_size=16, out_size=64).eval()
     with torch.no_grad():
         assert count_macs(model, (1, 1, 16, 16)) > 0
+
+
+def test_subpixel_head_dropout_acts_in_training_only():
+    model = build_model(head="subpixel", head_dropout=0.5, width=4, in_size=16, out_size=64)
+    assert model.config["head_dropout"] == 0.5
+    with torch.no_grad():
+        model.head.out.weight.normal_()
+    out, image = torch.randn(2, 9, 16, 16), torch.randn(2, 1, 16, 16)
+    model.train()
+    torch.manual_seed(0)
+    first = model.head(out, image)[-1]
+    assert not torch.equal(first, model.head(out, image)[-1])  # a new mask each call
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.head(out, image)[-1], model.head(out, image)[-1])
+    assert "model.head_dropout: expected a number in [0, 1)" in _error(head="subpixel", head_dropout=1.0)
+    assert build_model(arch="baseline", width=4).config["head_dropout"] is None

@@ -195,6 +195,7 @@ class SubpixelHead(nn.Module):
         code: extra channels asked of the base (:attr:`code_channels`).
         hidden: channels of the hidden layers; 0 = affine.
         layers: hidden ``Conv3x3 -> ReLU`` layers (each widens the view by one pixel per side).
+        dropout: dropout on the hidden features in training (0 = none).
         in_channels: image channels the head sees.
 
     Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
@@ -203,7 +204,7 @@ class SubpixelHead(nn.Module):
     foldable = False  # computed at the input resolution already
 
     def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
-                 in_channels: int = 1, layers: int = 1) -> None:
+                 in_channels: int = 1, layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         _check_k(k)
         self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
@@ -212,6 +213,8 @@ class SubpixelHead(nn.Module):
         body: list[nn.Module] = []
         for i in range(layers if hidden else 0):
             body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+        if body and dropout:
+            body.append(nn.Dropout(dropout))  # training only: the head fits its subjects fast
         self.body = nn.Sequential(*body) if body else None
         self.out = nn.Linear(hidden or 9 * c_in, classes * factor * factor)
         nn.init.zeros_(self.out.weight)
@@ -245,7 +248,7 @@ class SubpixelHead(nn.Module):
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
-#: (``skips``, ``code``, ``hidden``, ``layers``, ``in_channels``) and ``factors``, ``foldable``,
+#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``in_channels``) and ``factors``, ``foldable``,
 #: ``code_channels``.
 HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 
