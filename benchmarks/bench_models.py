@@ -7,6 +7,8 @@ unfolded (``auto_fold = False``, to show what the fold buys), or jnet's
 subpixel head (``--head subpixel``), which runs as it is. Parameters, MACs per image, images/s at
 each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
 every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the head is free).
+The bilinear baseline (the same base, no head, fixed bilinear upsampling to S) is timed alongside:
+what any model that writes an S x S output pays, the floor of a J-Net's ratio.
 
     python benchmarks/bench_models.py                       # the full table (minutes)
     python benchmarks/bench_models.py --sizes 16 --reps 3   # a quick check
@@ -59,7 +61,10 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
     # the default eval path (an affine head folds itself) against the head as trained
     unfolded = copy.deepcopy(jnet)
     unfolded.auto_fold = False
-    models = {"base": base, "folded": jnet, "unfolded": unfolded}
+    # the floor of any model that predicts at S: the same base, no head, a fixed bilinear upsampling
+    bilinear = build_model(arch="baseline", variant="faithful", width=width, in_size=s, out_size=big,
+                           train_at="output").eval()
+    models = {"base": base, "folded": jnet, "unfolded": unfolded, "bilinear": bilinear}
     rows = []
     for batch in batches:
         x = torch.randn(batch, 1, s, s)
@@ -79,20 +84,23 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
             "params_base": count_parameters(base), "params_jnet": count_parameters(jnet),
             "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, 1, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
+            "ips_bilinear": ips["bilinear"],
         })
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| s | S | batch | params base | params J-Net | MACs base | MACs J-Net | base img/s "
-            "| J-Net img/s (default eval path) | ratio | J-Net img/s (unfolded) | ratio unfolded |")
+            "| J-Net img/s (default eval path) | ratio | J-Net img/s (unfolded) | ratio unfolded "
+            "| bilinear baseline img/s | ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['s']} | {r['S']} | {r['batch']} | {r['params_base']:,} | {r['params_jnet']:,} "
             f"| {r['macs_base'] / 1e6:.1f} M | {r['macs_jnet'] / 1e6:.1f} M | {r['ips_base']:.0f} "
             f"| {r['ips_folded']:.0f} | {r['ips_folded'] / r['ips_base']:.2f}x "
-            f"| {r['ips_unfolded']:.0f} | {r['ips_unfolded'] / r['ips_base']:.2f}x |")
+            f"| {r['ips_unfolded']:.0f} | {r['ips_unfolded'] / r['ips_base']:.2f}x "
+            f"| {r['ips_bilinear']:.0f} | {r['ips_bilinear'] / r['ips_base']:.2f}x |")
     return "\n".join(lines)
 
 
