@@ -469,8 +469,8 @@ def _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib,
             continue
         meta = predictor.meta
         auto = getattr(getattr(subject.model, "head", None), "foldable", False)
-        head = {"torch": "folded" if auto else "module", "torch-bf16": "folded" if auto else "module",
-                "torch-folded": "folded",
+        default_path = "folded" if auto else "module"
+        head = {"torch": default_path, "torch-bf16": default_path, "torch-folded": "folded",
                 "torch-unfolded": "module"}.get(backend, meta.extra.get("head"))
         params, macs = count_model(subject, folded=head == "folded")
         predictors[(spec, backend)] = predictor

@@ -177,10 +177,10 @@ class SubpixelHead(nn.Module):
     ``out_S = bilinear(logits, S) + blocks(body(cat[logits, code, image]))``, ``f = 2**K``: ``body``
     is ``layers`` x (``Conv3x3 -> ReLU``) then a linear map to each pixel's ``f x f`` output block
     (``hidden`` > 0), or one linear map of the 3x3 neighbourhood (``hidden`` = 0, an affine head);
-    ``blocks`` lays the blocks out side by side (a sub-pixel convolution, as PixelShuffle). Each block is
-    predicted from the 3x3 neighbourhood of its low-resolution pixel: the logits, ``code`` more
-    channels of the base's last layer (what one number per pixel cannot carry, e.g. where inside
-    the pixel a boundary lies) and the image's own partial-volume values. The last layer starts at
+    ``blocks`` lays the blocks out side by side (a sub-pixel convolution, as PixelShuffle). Each
+    block is predicted from the 3x3 neighbourhood of its low-resolution pixel: the logits, ``code``
+    more channels of the base's last layer (what one number per pixel cannot carry, e.g. where
+    inside the pixel a boundary lies) and the image's own partial-volume values. The last layer starts at
     zero, so an untrained head is the fixed bilinear upsampling of the baseline (to float
     round-off): training starts from it, never from an empty map.
 
@@ -214,7 +214,7 @@ class SubpixelHead(nn.Module):
         for i in range(layers if hidden else 0):
             body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
         if body and dropout:
-            body.append(nn.Dropout(dropout))  # training only: the head fits its subjects fast
+            body.append(nn.Dropout(dropout))  # an ablation: measured, it lowers J-Net (docs/method.md)
         self.body = nn.Sequential(*body) if body else None
         self.out = nn.Linear(hidden or 9 * c_in, classes * factor * factor)
         nn.init.zeros_(self.out.weight)
@@ -248,8 +248,8 @@ class SubpixelHead(nn.Module):
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
-#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``in_channels``) and ``factors``, ``foldable``,
-#: ``code_channels``.
+#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``in_channels``) and ``factors``,
+#: ``foldable``, ``code_channels``.
 HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 
 

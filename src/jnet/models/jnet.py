@@ -65,8 +65,8 @@ class JNet(nn.Module):
         head_skips: the ``paper``/``chain`` head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
         head_code, head_hidden, head_layers, head_dropout: the ``subpixel`` head's code channels,
-            hidden width, hidden layers and dropout on the hidden features. The base must then emit ``classes + head_code`` channels
-            (:func:`build_model` builds it so).
+            hidden width, hidden layers and dropout on the hidden features. The base must then
+            emit ``classes + head_code`` channels (:func:`build_model` builds it so).
 
     Shape: train ``(B, Cin, s, s) -> [(B, C, s*f, s*f) for f in head.factors]`` (``paper``:
     ``f = 1, 2, ..., 2**K``; ``subpixel``: ``f = 1, 2**K``); eval ``(B, Cin, s, s) -> (B, C, S, S)``.

@@ -133,14 +133,13 @@ def decode_label(encoded, task: dict):
     else:
         for i, value in region_order(task):
             table[(codes >> i) & 1 == 1] = value
-    out = np.take(table, np.asarray(encoded, dtype=np.uint8))
     back = task.get("file_values")
-    if back:
-        lookup = np.arange(max(int(out.max(initial=0)), *map(int, back)) + 1, dtype=np.int32)
+    if back:  # the files' own values, mapped in the same table
+        lookup = np.arange(max(int(table.max()), *map(int, back)) + 1, dtype=np.int32)
         for mapped, raw in back.items():
             lookup[int(mapped)] = raw
-        out = lookup[out].astype(np.int32 if max(back.values()) > 32767 else np.int16)
-    return out
+        table = lookup[table].astype(np.int32 if max(back.values()) > 32767 else np.int16)
+    return np.take(table, np.asarray(encoded, dtype=np.uint8))
 
 
 def region_order(task: dict) -> list[tuple[int, int]]:
