@@ -129,18 +129,49 @@ def test_measure_torch_and_onnx_for_the_sweep(tmp_path):
         assert result["latency_p95_ms"] >= result["latency_p50_ms"] > 0
 
 
-def test_profile_ort_shows_the_int8_kernels_that_run(capsys):
-    """benchmarks/profile_ort.py: per-op shares of ONNX Runtime's own profile; the INT8 graph
-    really runs integer convolutions (QLinearConv), and the FP32 one none."""
+def benchmark_script(name: str):
+    """A script of benchmarks/ as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_ort.py"
-    spec = importlib.util.spec_from_file_location("profile_ort", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_ort_shows_the_int8_kernels_that_run(capsys):
+    """benchmarks/profile_ort.py: per-op shares of ONNX Runtime's own profile; the INT8 graph
+    really runs integer convolutions (QLinearConv), and the FP32 one none."""
+    module = benchmark_script("profile_ort")
     assert module.main([TINY, "--batch", "2", "--threads", "1"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
             if line.startswith("| FP32") or line.startswith("| INT8")}
     assert "QLinearConv" in rows["INT8"] and "QLinearConv" not in rows["FP32"]
     assert " Conv " in rows["FP32"]
+
+
+def test_headroom_scores_upsamplers_of_the_true_fractions(tmp_path, capsys):
+    """benchmarks/headroom.py: bilinear upsampling of the true fractions is exact at full size and
+    loses Jaccard at 16x16; a fitted head starts as bilinear and returns full-size logits."""
+    from conftest import write_cache
+
+    module = benchmark_script("headroom")
+    cache = write_cache(tmp_path / "cache", size=64)
+    _, labels = module.split_arrays(str(cache), "val")
+    assert labels.shape[1:] == (1, 64, 64) and labels.sum() > 0
+    exact = module.bilinear_mask(module.downsample(labels, 64, "area"), 64)
+    assert module.jaccard(exact, labels) == 100.0
+    coarse = module.jaccard(module.bilinear_mask(module.downsample(labels, 16, "area"), 64), labels)
+    assert 50.0 < coarse < 100.0
+    head = module.fit_head(labels, 16, seed=0, steps=0, batch=4)  # unfitted: bilinear exactly
+    with torch.no_grad():
+        logits = module.upsample_with(head, module.downsample(labels, 16, "area"))
+    assert logits.shape == labels.shape
+    assert module.jaccard(logits > 0, labels) == pytest.approx(coarse, abs=0.5)
+    assert module.main(["--data", str(cache), "--split", "val", "--seeds", "0", "--steps", "3",
+                        "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| bilinear, 16x16 | " in out and "| bilinear, 32x32 | " in out
+    assert "| subpixel head, 16x16 | " in out
