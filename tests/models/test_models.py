@@ -335,6 +335,15 @@ def test_auto_fold_follows_the_weights_and_training():
         model.auto_fold = True
     assert not torch.allclose(before, after)
     np.testing.assert_allclose(after.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    conv = model.head.stages[0][1]  # a parameter replaced by assignment, not edited in place
+    conv.bias = nn.Parameter(conv.bias.detach() + 1.0)
+    with torch.no_grad():
+        replaced = model(x)
+        model.auto_fold = False
+        want = model(x)
+        model.auto_fold = True
+    assert not torch.allclose(replaced, after)
+    np.testing.assert_allclose(replaced.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
     model.train()
     assert model._auto_folded is None  # training drops the fold
     model.eval()

@@ -100,6 +100,7 @@ class JNet(nn.Module):
         self.auto_fold = True
         # (weights key, FoldedHead): a tuple, so not a submodule (not in state_dict, not moved by .to)
         self._auto_folded: tuple[tuple, nn.Module] | None = None
+        self._head_modules: list[nn.Module] | None = None  # the head's modules, head first
         self.config: dict[str, Any] = {
             "arch": "jnet", "in_channels": self.in_channels, "classes": classes, "in_size": in_size,
             "out_size": out_size, "head": head if isinstance(head, str) else type(head).__name__,
@@ -121,7 +122,7 @@ class JNet(nn.Module):
         return self.head(out, x)[-1]
 
     def train(self, mode: bool = True) -> "JNet":
-        self._auto_folded = None  # training changes the weights: fold again at the next eval
+        self._auto_folded = self._head_modules = None  # training changes the weights: fold again
         return super().train(mode)
 
     def _fold_for_inference(self) -> nn.Module | None:
@@ -129,7 +130,11 @@ class JNet(nn.Module):
         if (not self.auto_fold or not getattr(self.head, "foldable", False) or torch.is_grad_enabled()
                 or tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
             return None  # exporters and compilers choose their own path (jnet export folds explicitly)
-        state = [*self.head.parameters(), *self.head.buffers()]
+        if self._head_modules is None or self._head_modules[0] is not self.head:
+            self._head_modules = list(self.head.modules())  # a traversal costs more than the fold
+        # read live from each module, so a replaced parameter is seen as well as an in-place edit
+        state = [t for m in self._head_modules for d in (m._parameters, m._buffers)
+                 for t in d.values() if t is not None]
         if not state or state[0].is_meta:  # shape-only runs (MAC counting) have no weights to fold
             return None
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in state)
