@@ -10,7 +10,8 @@ low-resolution pixel. For every low-resolution position p::
 unit impulses (in float64). Impulses ``2r+1`` pixels apart do not interact, so ``C * (2r+1)^2``
 probes read every ``W_p``. The radius r comes from the head's impulse response.
 
-Applied as one batched matmul over positions (the neighbourhoods gathered with Pad and Slice),
+Applied as one batched matmul over positions (the neighbourhoods gathered with one unfold; Pad and
+Slice in an ONNX export),
 the head costs ``9 C^2 S^2`` multiply-adds and as many stored weights (r = 1): 0.6 M and 2.4 MB
 for 16 -> 256, C = 1. Position-specific maps keep the border exact. (A shared interior map as a
 convolution plus a per-position border ring was measured too: faster for s >= 64, slower for
