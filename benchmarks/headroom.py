@@ -93,7 +93,7 @@ def run_rows(run: str, images: torch.Tensor, labels: torch.Tensor, head: Subpixe
     return [f"| {run}: as trained | {jaccard(own, labels):.1f} |",
             f"| {run}: its {s}x{s} probabilities (RMSE {rmse:.3f} against the true fractions), "
             f"bilinear | {jaccard(bilinear_mask(low, labels.shape[-1]), labels):.1f} |",
-            f"| {run}: its {s}x{s} probabilities, the 3x3 head fitted on true fractions | "
+            f"| {run}: its {s}x{s} probabilities, the head fitted on true fractions | "
             f"{jaccard(headed, labels):.1f} |"]
 
 

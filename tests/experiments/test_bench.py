@@ -175,3 +175,23 @@ def test_headroom_scores_upsamplers_of_the_true_fractions(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| bilinear, 16x16 | " in out and "| bilinear, 32x32 | " in out
     assert "| subpixel head, 16x16 | " in out
+
+
+def test_headroom_scores_a_trained_runs_own_low_resolution_output(tmp_path, capsys):
+    from conftest import tiny, write_cache
+    from jnet.training.config import config_from_dict
+    from jnet.training.run import train
+
+    module = benchmark_script("headroom")
+    cache = write_cache(tmp_path / "cache", size=64)
+    run = train(config_from_dict(tiny(cache, {"head": "subpixel"}, epochs=1)), tmp_path / "run",
+                quiet=True)
+    assert module.main(["--data", str(cache), "--split", "val", "--seeds", "0", "--steps", "2",
+                        "--batch", "4", "--runs", str(run)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {run}")]
+    labels = [r.split(": ", 1)[1].rsplit(" | ", 1)[0] for r in rows]
+    assert labels[0] == "as trained" and labels[1].endswith("), bilinear")
+    assert labels[2] == "its 16x16 probabilities, the head fitted on true fractions"
+    assert all(0.0 <= float(r.rsplit(" | ", 1)[1].strip(" |")) <= 100.0 for r in rows)
+    rmse = float(rows[1].split("RMSE ")[1].split()[0])
+    assert 0.0 <= rmse <= 1.0
