@@ -321,27 +321,30 @@ def test_eval_mode_folds_automatically_and_exactly(head):
     assert not any(k.startswith("_auto") for k in model.state_dict())
 
 
+def _folded_and_unfolded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default eval output (folded) and the head as trained, without autograd."""
+    with torch.no_grad():
+        fast = model(x)
+        model.auto_fold = False
+        slow = model(x)
+        model.auto_fold = True
+    return fast, slow
+
+
 def test_auto_fold_follows_the_weights_and_training():
     model = build_model(variant="faithful", width=4, in_size=16, out_size=64).eval()
     _randomise_head(model)
     x = torch.randn(2, 1, 16, 16)
+    before, _ = _folded_and_unfolded(model, x)
     with torch.no_grad():
-        before = model(x)
         for p in model.head.parameters():  # as an optimiser step or load_state_dict would
             p.mul_(1.5)
-        after = model(x)
-        model.auto_fold = False
-        want = model(x)
-        model.auto_fold = True
+    after, want = _folded_and_unfolded(model, x)
     assert not torch.allclose(before, after)
     np.testing.assert_allclose(after.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
     conv = model.head.stages[0][1]  # a parameter replaced by assignment, not edited in place
     conv.bias = nn.Parameter(conv.bias.detach() + 1.0)
-    with torch.no_grad():
-        replaced = model(x)
-        model.auto_fold = False
-        want = model(x)
-        model.auto_fold = True
+    replaced, want = _folded_and_unfolded(model, x)
     assert not torch.allclose(replaced, after)
     np.testing.assert_allclose(replaced.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
     model.train()
