@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from jnet.cache.reader import open_prepared
 from jnet.cache.splits import load_splits, split_indices
-from jnet.evaluation.metrics import slice_metrics
 from jnet.models.heads import SubpixelHead
+from jnet.training.module import masks_jaccard
 from jnet.transforms.lowres import downsample
 
 EPS = 1e-3  # fractions are clamped to [EPS, 1 - EPS] before the logit
@@ -46,7 +46,7 @@ def split_arrays(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def jaccard(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """Mean slice Jaccard in % of boolean masks ``(N, 1, S, S)``."""
-    return 100 * float(np.mean(slice_metrics(pred.bool(), gt.bool(), (1.0, 1.0))["jaccard"]))
+    return 100 * float(masks_jaccard(pred.bool(), gt.bool()).mean())
 
 
 def bilinear_mask(frac: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1500, help="fitting steps per head")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--runs", nargs="*", default=[], help="trained runs on this cache")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     _, train = split_arrays(args.data, "train")
     images, test = split_arrays(args.data, args.split)
     s, size = args.in_size, test.shape[-1]
