@@ -492,3 +492,43 @@ def test_subpixel_head_dropout_acts_in_training_only():
         assert torch.equal(model.head(out, image)[-1], model.head(out, image)[-1])
     assert "model.head_dropout: expected a number in [0, 1)" in _error(head="subpixel", head_dropout=1.0)
     assert build_model(arch="baseline", width=4).config["head_dropout"] is None
+
+
+@pytest.mark.parametrize("head", ["paper", "subpixel"])
+def test_inference_reuses_memory_without_aliasing_results(head):
+    """The heads' intermediate lives in a reused buffer at inference: results stay independent
+    from call to call, across inference_mode and no_grad, and match the head run with autograd."""
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=64, head=head).eval()
+    _randomise_head(model)
+    x1, x2 = torch.randn(3, 1, 16, 16), torch.randn(5, 1, 16, 16)
+    with torch.inference_mode():
+        first = model(x1)
+        kept = first.clone()
+    with torch.no_grad():
+        second = model(x2)
+        again = model(x1)
+    torch.testing.assert_close(first, kept)  # not overwritten by the later calls
+    torch.testing.assert_close(again, kept)
+    model.auto_fold = False
+    want = torch.cat([model(x1), model(x2)]).detach()  # autograd on: fresh tensors, as trained
+    torch.testing.assert_close(torch.cat([first, second]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_buffers_are_per_thread():
+    """Concurrent callers of one model never share an intermediate buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=64, head="subpixel").eval()
+    _randomise_head(model)
+    inputs = [torch.randn(4, 1, 16, 16) for _ in range(8)]
+    with torch.no_grad():
+        want = [model(x) for x in inputs]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return [model(x) for _ in range(20)][-1]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(run, inputs))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -28,6 +28,7 @@ from torch import nn
 
 from jnet.errors import ConfigError
 from jnet.models.blocks import tracing
+from jnet.models.scratch import detached_from, intermediate
 
 # a response below this fraction of the largest one is float64 round-off, not support
 _SUPPORT_TOL = 1e-12
@@ -65,9 +66,10 @@ class FoldedHead(nn.Module):
             hood = nn.functional.unfold(logits, d, padding=r)
         # neighbourhood of every position: (B, C*d*d, s*s) -> (s*s, B, K)
         hood = hood.reshape(-1, self.hood_size, s * s).permute(2, 0, 1).contiguous()  # 20x faster bmm
-        out = torch.baddbmm(self.bias, hood, self.weight)  # (s*s, B, O)
+        buf = intermediate((s * s, hood.shape[1], self.block_size), hood)
+        out = torch.baddbmm(self.bias, hood, self.weight, out=buf)  # (s*s, B, O)
         out = out.reshape(s, s, -1, c, f, f).permute(2, 3, 0, 4, 1, 5)
-        return out.reshape(-1, c, s * f, s * f)
+        return detached_from(out.reshape(-1, c, s * f, s * f), buf)
 
 
 def _final(head: nn.Module, x: torch.Tensor) -> torch.Tensor:

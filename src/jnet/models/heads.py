@@ -22,6 +22,7 @@ from torch import nn
 
 from jnet.errors import ConfigError
 from jnet.models.blocks import conv3x3, up2x, upsample_bilinear
+from jnet.models.scratch import detached_from, intermediate
 from jnet.utils.options import choose
 
 MAX_STAGES = 5
@@ -241,9 +242,11 @@ class SubpixelHead(nn.Module):
         inputs = torch.cat([features, neighbourhoods(logits, "replicate").flatten(3), ones], dim=-1)
         fixed = torch.block_diag(*[self.bilinear.to(inputs.dtype)] * c)   # (9C, C f^2)
         weight = torch.cat([self.out.weight.t(), fixed, self.out.bias[None]], dim=0)
-        blocks = inputs.reshape(b * h * w, -1) @ weight
+        rows = inputs.reshape(b * h * w, -1)
+        buf = intermediate((rows.shape[0], weight.shape[1]), rows)
+        blocks = torch.mm(rows, weight, out=buf)
         fine = blocks.view(b, h, w, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * f, w * f)
-        return [logits, fine]
+        return [logits, detached_from(fine, buf)]
 
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
