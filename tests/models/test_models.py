@@ -532,3 +532,23 @@ def test_inference_buffers_are_per_thread():
         got = list(pool.map(run, inputs))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_neighbourhoods_in_eager_mode_and_for_export_agree(radius, padding, monkeypatch):
+    """One unfold in eager mode, Pad/Slice/Concat for export: both give every pixel's window in
+    unfold's order, padded as asked (checked against an explicit loop)."""
+    from jnet.models import blocks
+
+    x = torch.randn(2, 3, 5, 6)
+    d = 2 * radius + 1
+    mode = "constant" if padding == "zeros" else "replicate"
+    padded = torch.nn.functional.pad(x, (radius,) * 4, mode=mode)
+    want = torch.stack([padded[:, :, dy:dy + 5, dx:dx + 6] for dy in range(d) for dx in range(d)], 2)
+    want = want.reshape(2, 3 * d * d, 30)
+    torch.testing.assert_close(blocks.neighbourhoods(x, radius, padding), want, rtol=0, atol=0)
+    monkeypatch.setattr(blocks, "tracing", lambda: True)
+    torch.testing.assert_close(blocks.neighbourhoods(x, radius, padding), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="reflect"):
+        blocks.neighbourhoods(x, radius, "reflect")

@@ -77,6 +77,28 @@ def tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def neighbourhoods(x: torch.Tensor, radius: int = 1, padding: str = "zeros") -> torch.Tensor:
+    """The ``d x d`` neighbourhood of every pixel (``d = 2 * radius + 1``), as ``F.unfold`` lays
+    it out: index ``c * d * d + dy * d + dx``. ``padding``: ``zeros`` (as a convolution) or
+    ``replicate`` (the border rule of bilinear resizing). One unfold in eager mode; Pad, Slice and
+    Concat while tracing or exporting, since Unfold has no plain ONNX form.
+
+    Shape: ``(B, C, h, w) -> (B, C * d * d, h * w)``.
+    """
+    r, d = radius, 2 * radius + 1
+    if padding == "replicate":
+        x = nn.functional.pad(x, (r, r, r, r), mode="replicate")
+    elif padding != "zeros":
+        raise ValueError(f"padding: {padding!r} is not zeros or replicate")
+    if not (tracing() or torch.onnx.is_in_onnx_export()):
+        return nn.functional.unfold(x, d, padding=r if padding == "zeros" else 0)
+    if padding == "zeros":
+        x = nn.functional.pad(x, (r, r, r, r))
+    h, w = x.shape[-2] - 2 * r, x.shape[-1] - 2 * r
+    shifts = [x[:, :, dy:dy + h, dx:dx + w] for dy in range(d) for dx in range(d)]
+    return torch.stack(shifts, 2).flatten(1, 2).flatten(2)
+
+
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     """3x3 convolution with bias, stride 1, zero padding 1 (spatial size kept)."""
     return nn.Conv2d(in_channels, out_channels, 3, padding=1)

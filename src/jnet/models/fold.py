@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from jnet.errors import ConfigError
-from jnet.models.blocks import tracing
+from jnet.models.blocks import neighbourhoods
 from jnet.models.scratch import detached_from, intermediate
 
 # a response below this fraction of the largest one is float64 round-off, not support
@@ -57,15 +57,9 @@ class FoldedHead(nn.Module):
         self.hood_size, self.block_size = weight.shape[1:]
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        s, c, f, r = self.in_size, self.classes, self.factor, self.radius
-        d = 2 * r + 1
-        if tracing() or torch.onnx.is_in_onnx_export():  # Unfold has no plain ONNX form
-            x = nn.functional.pad(logits, (r, r, r, r))
-            hood = torch.stack([x[:, :, dy:dy + s, dx:dx + s] for dy in range(d) for dx in range(d)], 2)
-        else:  # one op in place of eleven: half the head's time at batch 1
-            hood = nn.functional.unfold(logits, d, padding=r)
+        s, c, f = self.in_size, self.classes, self.factor
         # neighbourhood of every position: (B, C*d*d, s*s) -> (s*s, B, K)
-        hood = hood.reshape(-1, self.hood_size, s * s).permute(2, 0, 1).contiguous()  # 20x faster bmm
+        hood = neighbourhoods(logits, self.radius).permute(2, 0, 1).contiguous()  # 20x faster bmm
         buf = intermediate((s * s, hood.shape[1], self.block_size), hood)
         out = torch.baddbmm(self.bias, hood, self.weight, out=buf)  # (s*s, B, O)
         out = out.reshape(s, s, -1, c, f, f).permute(2, 3, 0, 4, 1, 5)

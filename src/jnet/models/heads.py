@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jnet.errors import ConfigError
-from jnet.models.blocks import conv3x3, up2x, upsample_bilinear
+from jnet.models.blocks import conv3x3, neighbourhoods, up2x, upsample_bilinear
 from jnet.models.scratch import detached_from, intermediate
 from jnet.utils.options import choose
 
@@ -147,19 +147,6 @@ class ChainHead(nn.Module):
         return outs
 
 
-def neighbourhoods(x: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
-    """The 3x3 neighbourhood of every pixel, channels last, from 9 shifted slices of the padded
-    input (plain Pad/Slice/Concat in ONNX). ``padding``: ``zeros`` (as a 3x3 convolution) or
-    ``replicate`` (the border rule of bilinear resizing).
-
-    Shape: ``(B, C, h, w) -> (B, h, w, C, 9)``, the 9 in row-major order of the 3x3 window.
-    """
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1), mode="constant" if padding == "zeros" else "replicate")
-    shifts = [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-    return torch.stack(shifts, dim=-1).permute(0, 2, 3, 1, 4)
-
-
 def bilinear_blocks(factor: int) -> torch.Tensor:
     """Bilinear upsampling by ``factor`` (align_corners=False) as a map from a pixel's 3x3
     neighbourhood to its ``factor x factor`` output block, read off ``F.interpolate`` with unit
@@ -185,7 +172,7 @@ class SubpixelHead(nn.Module):
     zero, so an untrained head is the fixed bilinear upsampling of the baseline (to float
     round-off): training starts from it, never from an empty map.
 
-    Everything runs at ``s``: one matrix product over the pixels (channels last) gives the learned
+    Everything runs at ``s``: one matrix product over the pixels gives the learned
     blocks and the bilinear ones together (:func:`bilinear_blocks`, fixed weights), and the only
     work at ``S`` is writing the output once. (A 1x1 convolution, PixelShuffle and a separate
     ``F.interpolate`` in its place cost several times more on a CPU at batch 16.)
@@ -220,7 +207,9 @@ class SubpixelHead(nn.Module):
         self.out = nn.Linear(hidden or 9 * c_in, classes * factor * factor)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.register_buffer("bilinear", bilinear_blocks(factor), persistent=False)
+        # the fixed bilinear map of each class's logit neighbourhood, (9C, C f^2)
+        self.register_buffer("fixed", torch.block_diag(*[bilinear_blocks(factor)] * classes),
+                             persistent=False)
 
     @property
     def factors(self) -> list[int]:
@@ -230,21 +219,17 @@ class SubpixelHead(nn.Module):
         c, f = self.classes, self.factor
         logits = out[:, :c]
         z = torch.cat([out, image], dim=1)
-        if self.body is not None:
-            features = self.body(z).permute(0, 2, 3, 1)         # (B, s, s, hidden)
-        else:
-            features = neighbourhoods(z).flatten(3)              # (B, s, s, 9 * c_in)
-        b, h, w = features.shape[:3]
+        b, _, h, w = z.shape
+        # channels first, (B, K, h*w): the product below reads them transposed, without a copy
+        features = self.body(z).flatten(2) if self.body is not None else neighbourhoods(z)
         # learned and bilinear blocks and the bias in one product:
-        # [features, logit neighbourhoods, 1] @ [W; bilinear; bias] (addmm would first copy the
+        # [features, logit neighbourhoods, 1] @ [W; bilinear; bias] (baddbmm would first copy the
         # bias into the whole output: a second pass over S x S)
-        ones = torch.ones_like(features[..., :1])
-        inputs = torch.cat([features, neighbourhoods(logits, "replicate").flatten(3), ones], dim=-1)
-        fixed = torch.block_diag(*[self.bilinear.to(inputs.dtype)] * c)   # (9C, C f^2)
-        weight = torch.cat([self.out.weight.t(), fixed, self.out.bias[None]], dim=0)
-        rows = inputs.reshape(b * h * w, -1)
-        buf = intermediate((rows.shape[0], weight.shape[1]), rows)
-        blocks = torch.mm(rows, weight, out=buf)
+        ones = features.new_ones(b, 1, h * w)
+        inputs = torch.cat([features, neighbourhoods(logits, padding="replicate"), ones], dim=1)
+        weight = torch.cat([self.out.weight.t(), self.fixed.to(inputs.dtype), self.out.bias[None]])
+        buf = intermediate((b, h * w, weight.shape[1]), inputs)
+        blocks = torch.bmm(inputs.transpose(1, 2), weight.expand(b, -1, -1), out=buf)
         fine = blocks.view(b, h, w, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * f, w * f)
         return [logits, detached_from(fine, buf)]
 
