@@ -485,3 +485,34 @@ def test_run_directory_gets_curves_png(reference_run):
     assert all({"train/loss_epoch", "val/loss", "val/jaccard"} <= set(v) for v in epochs.values())
     with Image.open(reference_run / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+@pytest.mark.slow
+def test_ema_weights_are_what_checkpoints_hold_and_a_resume_continues_them(cache, tmp_path):
+    """train.ema: checkpoints hold the averaged weights (the model evaluate and predict load), the
+    optimiser's own ones beside them; interrupted and resumed, the run ends with the same average."""
+    from jnet.training.checkpoint import load_model
+    from jnet.training.run import train
+
+    raw = tiny(cache, ema=0.5)
+    straight = train(config_from_dict(raw), tmp_path / "straight", quiet=True)
+    ckpt = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+    model, _ = load_model(straight / "checkpoints" / "last.ckpt")
+    assert_same_state({f"model.{k}": v for k, v in model.state_dict().items()}, averaged)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config_from_dict(raw), tmp_path / "cut", quiet=True, callbacks=[CtrlC()])
+    train(config_from_dict(raw), tmp_path / "cut", resume=True, quiet=True)
+    assert_same_state(last_state(straight), last_state(tmp_path / "cut"))
+
+
+@pytest.mark.parametrize("ema", [0, 1, 1.5, True])
+def test_ema_decay_out_of_range_is_refused(cache, tmp_path, ema):
+    from jnet.training.run import train
+
+    with pytest.raises(ConfigError, match="train.ema: expected a (decay between 0 and 1|number)"):
+        train(config_from_dict(tiny(cache, ema=ema)), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -81,6 +81,9 @@ class TrainConfig:
     # true/false mean flip/none.
     augment: Union[bool, Literal["none", "flip", "full"]] = "flip"
     early_stopping: Optional[int] = None  # patience in validation rounds; None = off
+    # decay of an exponential moving average of the weights (and BatchNorm statistics), which
+    # validation, checkpoints and the trained model use; None = off
+    ema: Optional[float] = None
     val_every: int = 1  # validate every this many epochs
     limit_train_batches: Union[int, float] = 1.0  # int = batches per epoch, float = fraction
     limit_val_batches: Union[int, float] = 1.0

@@ -239,7 +239,8 @@ def is_rank_zero() -> bool:
 
 def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callback],
              io: AtomicCheckpointIO) -> L.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor,
+                                             ModelCheckpoint)
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -255,6 +256,12 @@ def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callb
     callbacks: list[Any] = [best, last, EpochSeed(t.seed), LearningRateMonitor("step"), *extra]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.early_stopping))
+    if t.ema is not None:
+        if not 0 < t.ema < 1:
+            raise ConfigError(f"train.ema: expected a decay between 0 and 1 (e.g. 0.99) or null, "
+                              f"found {t.ema!r}")
+        # validation and every checkpoint see the averaged weights; a resume restores both
+        callbacks.append(EMAWeightAveraging(decay=t.ema))
     loggers = [CSVLogger(run_dir / "logs", name="csv"),
                TensorBoardLogger(run_dir / "logs", name="tb", default_hp_metric=False)]
     devices = list(t.devices) if isinstance(t.devices, tuple) else t.devices
