@@ -14,6 +14,7 @@ from jnet.errors import ConfigError
 from jnet.utils.options import unknown
 
 NORMS = ("batch", "instance", "group")
+_UNFOLD_MAX = 2048
 
 
 def group_count(channels: int, max_groups: int = 8) -> int:
@@ -80,8 +81,9 @@ def tracing() -> bool:
 def neighbourhoods(x: torch.Tensor, radius: int = 1, padding: str = "zeros") -> torch.Tensor:
     """The ``d x d`` neighbourhood of every pixel (``d = 2 * radius + 1``), as ``F.unfold`` lays
     it out: index ``c * d * d + dy * d + dx``. ``padding``: ``zeros`` (as a convolution) or
-    ``replicate`` (the border rule of bilinear resizing). One unfold in eager mode; Pad, Slice and
-    Concat while tracing or exporting, since Unfold has no plain ONNX form.
+    ``replicate`` (the border rule of bilinear resizing). One unfold for small inputs in eager
+    mode; otherwise Pad, Slice and Concat, which tracing and export always take (Unfold has no plain
+    ONNX form).
 
     Shape: ``(B, C, h, w) -> (B, C * d * d, h * w)``.
     """
@@ -90,7 +92,9 @@ def neighbourhoods(x: torch.Tensor, radius: int = 1, padding: str = "zeros") -> 
         x = nn.functional.pad(x, (r, r, r, r), mode="replicate")
     elif padding != "zeros":
         raise ValueError(f"padding: {padding!r} is not zeros or replicate")
-    if not (tracing() or torch.onnx.is_in_onnx_export()):
+    # unfold copies image by image: faster than the slices below up to about 2k values (measured:
+    # 6 against 23 us at 1 x 16 x 16, 50 against 29 us at 16 x 16 x 16)
+    if x.numel() <= _UNFOLD_MAX and not (tracing() or torch.onnx.is_in_onnx_export()):
         return nn.functional.unfold(x, d, padding=r if padding == "zeros" else 0)
     if padding == "zeros":
         x = nn.functional.pad(x, (r, r, r, r))

@@ -10,12 +10,14 @@ low-resolution pixel. For every low-resolution position p::
 unit impulses (in float64). Impulses ``2r+1`` pixels apart do not interact, so ``C * (2r+1)^2``
 probes read every ``W_p``. The radius r comes from the head's impulse response.
 
-Applied as one batched matmul over positions (the neighbourhoods gathered with one unfold; Pad and
-Slice in an ONNX export),
-the head costs ``9 C^2 S^2`` multiply-adds and as many stored weights (r = 1): 0.6 M and 2.4 MB
-for 16 -> 256, C = 1. Position-specific maps keep the border exact. (A shared interior map as a
-convolution plus a per-position border ring was measured too: faster for s >= 64, slower for
-s = 16, 32, where the head's cost matters; at s >= 64 the head is ~1% of the base either way.)
+Applied as one batched matmul over positions (the neighbourhoods gathered by
+:func:`jnet.models.blocks.neighbourhoods`), the head costs ``9 C^2 S^2`` multiply-adds and as many
+stored weights (r = 1): 0.6 M and 2.4 MB for 16 -> 256, C = 1. Position-specific maps keep the
+border exact. (A shared interior map as a convolution plus a per-position border ring was
+measured too: faster for s >= 64, slower for s = 16, 32, where the head's cost matters; at
+s >= 64 the head is ~1% of the base either way. Inside the model at batch 1, where the base has
+pushed the 2.4 MB of maps out of the cache, a shared interior map as one product plus the ring
+was still slower: 0.89x the base against 0.92x.)
 
 The folded head is plain ONNX: Pad, Slice, Concat, Reshape, Transpose, MatMul, Add.
 """
