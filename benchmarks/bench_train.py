@@ -1,7 +1,9 @@
 """Training throughput: jnet's Lightning training loop against a loop in the reference code's style.
 
-Both train the same model (J-Net, faithful ELU-Net width 16, paper head, s -> 256) with the
-same loss (BCE at every scale) and Adam, on the same synthetic prostate slices:
+Both train J-Net (faithful ELU-Net width 16, s -> 256) with the same loss (BCE at every scale)
+and Adam, on the same synthetic prostate slices; the reference-style loop trains the published
+head (the reference code's model), jnet's loop each head of ``--heads`` (``paper``: the same model;
+``subpixel``: the head of jnet's recommended configs):
 
 - **jnet**: ``jnet.training.module.JNetModule`` + ``PreparedDataModule`` (memory-mapped slice cache,
   whole-batch reads, flips and the low-resolution simulation on batched tensors) run by a
@@ -13,9 +15,10 @@ same loss (BCE at every scale) and Adam, on the same synthetic prostate slices:
   (NEAREST at ``s``, BILINEAR in between), scaled by 1/255, random flips with numpy per sample,
   batch 2, a plain PyTorch loop.
 
-Prints images/s for both and the ratio (goal >= 3x). Example (small, for a shared CPU):
+Prints images/s of each and the ratio of jnet's to the reference-style loop (goal >= 3x).
+Example (small, for a shared CPU):
 
-    .venv/bin/python benchmarks/bench_train.py --sizes 16 --steps 6 --warmup 2 --cases 3
+    .venv/bin/python benchmarks/bench_train.py --sizes 16 --steps 6 --warmup 2
 
 The lead's measurement: ``--sizes 16 32 --steps 40 --warmup 5``.
 """
@@ -44,9 +47,9 @@ def make_data(tmp: Path, cases: int, size: int) -> Path:
                            val_fraction=0.0, test_fraction=0.0)
 
 
-def model_config(in_size: int, out_size: int, width: int) -> dict:
+def model_config(in_size: int, out_size: int, width: int, head: str = "paper") -> dict:
     return {"arch": "jnet", "base": "elunet", "variant": "faithful", "width": width,
-            "in_size": in_size, "out_size": out_size, "head": "paper", "in_channels": 1, "classes": 1}
+            "in_size": in_size, "out_size": out_size, "head": head, "in_channels": 1, "classes": 1}
 
 
 class _Clock(L.Callback):
@@ -68,7 +71,7 @@ class _Clock(L.Callback):
 
 
 def bench_jnet(cache: Path, in_size: int, width: int, batch: int, steps: int, warmup: int,
-               workers: int) -> float:
+               workers: int, head: str = "paper") -> float:
     """Images/s of ``JNetModule`` trained by a Lightning Trainer on the prepared cache."""
     from jnet.training.config import config_from_dict
     from jnet.training.module import JNetModule
@@ -76,7 +79,7 @@ def bench_jnet(cache: Path, in_size: int, width: int, batch: int, steps: int, wa
 
     size = int(json.loads((cache / "prepared.json").read_text())["size"])
     raw = {"data": {"path": str(cache), "downsample": "area"},
-           "model": model_config(in_size, size, width),
+           "model": model_config(in_size, size, width, head),
            "train": {"batch_size": batch, "optimizer": "adam", "lr": 1e-3, "num_workers": workers,
                      "augment": "flip"}}
     config = config_from_dict(raw)
@@ -168,7 +171,7 @@ def bench_naive(pairs: list[tuple[Path, Path]], in_size: int, out_size: int, wid
     return batch * steps / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="input sizes s")
     parser.add_argument("--out-size", type=int, default=256, help="ground-truth size S")
@@ -177,11 +180,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed jnet batches")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--heads", nargs="+", default=["paper", "subpixel"], choices=("paper", "subpixel"),
+                        help="J-Net heads jnet's loop trains (the reference-style loop: paper)")
     parser.add_argument("--cases", type=int, default=None,
                         help="synthetic cases (16 slices each); default: enough for the jnet loop")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both loops)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = args.cases or math.ceil(args.batch * (args.steps + args.warmup) / 16)
@@ -195,20 +200,26 @@ def main() -> None:
         pairs = export_pngs(cache, tmp / "png")
         rows = []
         for s in args.sizes:
+            fast = {}
+            for head in args.heads:
+                torch.manual_seed(0)
+                np.random.seed(0)
+                fast[head] = bench_jnet(cache, s, args.width, args.batch, args.steps, args.warmup,
+                                        args.workers, head)
             torch.manual_seed(0)
             np.random.seed(0)
-            fast = bench_jnet(cache, s, args.width, args.batch, args.steps, args.warmup, args.workers)
             slow = bench_naive(pairs, s, args.out_size, args.width, args.naive_batch,
                                naive_steps, naive_warmup, args.workers)
             rows.append((s, fast, slow))
-    print(f"\nTraining images/s, J-Net faithful width {args.width}, paper head, S={args.out_size}; "
+    print(f"\nTraining images/s, J-Net faithful width {args.width}, S={args.out_size}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} loader workers; "
           f"{len(pairs)} slices, {args.steps} timed jnet batches\n")
-    print(f"| s | jnet (batch {args.batch}) | naive PNG loop (batch {args.naive_batch}) | ratio |")
-    print("|---|---|---|---|")
+    head = " | ".join(f"jnet, {h} head (batch {args.batch}) | ratio" for h in args.heads)
+    print(f"| s | naive PNG loop, paper head (batch {args.naive_batch}) | {head} |")
+    print("|---|---|" + "---|---|" * len(args.heads))
     for s, fast, slow in rows:
-        print(f"| {s} | {fast:.1f} | {slow:.1f} | {fast / slow:.2f}x |")
-
+        cells = " | ".join(f"{fast[h]:.1f} | {fast[h] / slow:.2f}x" for h in args.heads)
+        print(f"| {s} | {slow:.1f} | {cells} |")
 
 if __name__ == "__main__":
     main()

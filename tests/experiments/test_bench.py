@@ -195,3 +195,18 @@ def test_headroom_scores_a_trained_runs_own_low_resolution_output(tmp_path, caps
     assert all(0.0 <= float(r.rsplit(" | ", 1)[1].strip(" |")) <= 100.0 for r in rows)
     rmse = float(rows[1].split("RMSE ")[1].split()[0])
     assert 0.0 <= rmse <= 1.0
+
+
+def test_bench_train_times_each_head_against_the_reference_style_loop(capsys):
+    """benchmarks/bench_train.py: one row per input size, the reference-style loop and jnet's loop
+    with each head asked for, every rate positive and each ratio the quotient of the two."""
+    module = benchmark_script("bench_train")
+    module.main(["--sizes", "16", "--out-size", "64", "--steps", "2", "--warmup", "1", "--width", "4",
+                 "--batch", "4", "--heads", "paper", "subpixel"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16 |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    naive, paper, paper_ratio, subpixel, subpixel_ratio = (float(c.rstrip("x")) for c in cells[1:])
+    assert naive > 0 and paper > 0 and subpixel > 0
+    assert paper_ratio == pytest.approx(paper / naive, abs=0.01)
+    assert subpixel_ratio == pytest.approx(subpixel / naive, abs=0.01)
