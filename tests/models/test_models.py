@@ -178,7 +178,7 @@ def test_build_model_signature_lists_fields():
     params = inspect.signature(build_model).parameters
     assert list(params) == ["arch", "base", "variant", "width", "depth", "norm", "in_channels",
                             "classes", "in_size", "out_size", "head", "head_skips", "head_code",
-                            "head_hidden", "head_layers", "head_dropout", "train_at"]
+                            "head_hidden", "head_layers", "head_dropout", "head_image", "train_at"]
     assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
     assert set(BASES) == {"elunet", "unet", "basicunet"}
 
@@ -454,6 +454,21 @@ def test_subpixel_head_layers_widen_its_view():
     assert seen.sum() == 0
     assert "model.head_layers: expected an integer >= 1" in _error(head="subpixel", head_layers=0)
     assert build_model(arch="baseline", width=4).config["head_layers"] is None
+
+
+def test_subpixel_head_without_the_image_sees_only_the_base():
+    """head_image false: the head's input is the base's output alone (an ablation)."""
+    model = build_model(head="subpixel", head_image=False, head_code=2, head_hidden=4, width=4,
+                        in_size=16, out_size=64)
+    assert model.config["head_image"] is False and model.head.body[0].in_channels == 1 + 2
+    out = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model.head.out.weight.normal_()
+        first = model.head(out, torch.randn(2, 1, 16, 16))[-1]
+        torch.testing.assert_close(model.head(out, torch.zeros(2, 1, 16, 16))[-1], first, rtol=0, atol=0)
+    assert build_model(head="subpixel", width=4).head.body[0].in_channels == 1 + 8 + 1
+    assert build_model(width=4).config["head_image"] is None  # the published head takes no image
+    assert "model.head_image: expected true or false" in _error(head="subpixel", head_image="no")
 
 
 def test_subpixel_options_and_the_fields_that_do_not_apply():

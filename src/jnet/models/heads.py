@@ -184,7 +184,8 @@ class SubpixelHead(nn.Module):
         hidden: channels of the hidden layers; 0 = affine.
         layers: hidden ``Conv3x3 -> ReLU`` layers (each widens the view by one pixel per side).
         dropout: dropout on the hidden features in training (0 = none).
-        in_channels: image channels the head sees.
+        in_channels: image channels.
+        image: whether the head sees the image (false: the base's output alone, an ablation).
 
     Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
     """
@@ -192,12 +193,14 @@ class SubpixelHead(nn.Module):
     foldable = False  # computed at the input resolution already
 
     def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
-                 in_channels: int = 1, layers: int = 1, dropout: float = 0.0) -> None:
+                 in_channels: int = 1, layers: int = 1, dropout: float = 0.0,
+                 image: bool = True) -> None:
         super().__init__()
         _check_k(k)
         self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
         self.factor = factor = 2 ** k
-        c_in = classes + code + in_channels
+        self.image = image
+        c_in = classes + code + (in_channels if image else 0)
         body: list[nn.Module] = []
         for i in range(layers if hidden else 0):
             body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
@@ -218,7 +221,7 @@ class SubpixelHead(nn.Module):
     def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
         c, f = self.classes, self.factor
         logits = out[:, :c]
-        z = torch.cat([out, image], dim=1)
+        z = torch.cat([out, image], dim=1) if self.image else out
         b, _, h, w = z.shape
         # channels first, (B, K, h*w): the product below reads them transposed, without a copy
         features = self.body(z).flatten(2) if self.body is not None else neighbourhoods(z)
@@ -236,7 +239,7 @@ class SubpixelHead(nn.Module):
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
-#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``in_channels``) and ``factors``,
+#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``image``, ``in_channels``) and ``factors``,
 #: ``foldable``, ``code_channels``.
 HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 

@@ -27,11 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "arch": "jnet", "base": "elunet", "variant": DEFAULT_VARIANT, "width": 16, "depth": 4,
     "norm": "batch", "in_channels": 1, "classes": 1, "in_size": 16, "out_size": None,
     "head": "paper", "head_skips": True, "head_code": 8, "head_hidden": 32, "head_layers": 1,
-    "head_dropout": 0.0, "train_at": "input",
+    "head_dropout": 0.0, "head_image": True, "train_at": "input",
 }
 #: model field -> the head option it sets (each head takes the options its class declares)
 HEAD_OPTIONS = {"head_skips": "skips", "head_code": "code", "head_hidden": "hidden",
-                "head_layers": "layers", "head_dropout": "dropout"}
+                "head_layers": "layers", "head_dropout": "dropout", "head_image": "image"}
 DEFAULT_OUT_SIZE = 256
 
 
@@ -64,9 +64,10 @@ class JNet(nn.Module):
             ``head(base_output, image)``, returning the outputs low -> high.
         head_skips: the ``paper``/``chain`` head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
-        head_code, head_hidden, head_layers, head_dropout: the ``subpixel`` head's code channels,
-            hidden width, hidden layers and dropout on the hidden features. The base must then
-            emit ``classes + head_code`` channels (:func:`build_model` builds it so).
+        head_code, head_hidden, head_layers, head_dropout, head_image: the ``subpixel`` head's
+            code channels, hidden width, hidden layers, dropout on the hidden features and whether
+            it sees the image. The base must then emit ``classes + head_code`` channels
+            (:func:`build_model` builds it so).
 
     Shape: train ``(B, Cin, s, s) -> [(B, C, s*f, s*f) for f in head.factors]`` (``paper``:
     ``f = 1, 2, ..., 2**K``; ``subpixel``: ``f = 1, 2**K``); eval ``(B, Cin, s, s) -> (B, C, S, S)``.
@@ -81,7 +82,7 @@ class JNet(nn.Module):
     def __init__(self, base: nn.Module, in_size: int, out_size: int, classes: int,
                  head: str | nn.Module = "paper", head_skips: bool = True,
                  in_channels: int | None = None, head_code: int = 8, head_hidden: int = 32,
-                 head_layers: int = 1, head_dropout: float = 0.0) -> None:
+                 head_layers: int = 1, head_dropout: float = 0.0, head_image: bool = True) -> None:
         super().__init__()
         k = _stages(in_size, out_size)
         if k is None or not 1 <= k <= MAX_STAGES:
@@ -91,7 +92,7 @@ class JNet(nn.Module):
         self.in_channels = in_channels if in_channels is not None else base.in_channels
         self.head = head if not isinstance(head, str) else build_head(
             head, classes, k, skips=head_skips, code=head_code, hidden=head_hidden, layers=head_layers,
-            dropout=head_dropout, in_channels=self.in_channels)
+            dropout=head_dropout, in_channels=self.in_channels, image=head_image)
         self.in_size, self.out_size, self.classes, self.k = in_size, out_size, classes, k
         factors = getattr(self.head, "factors", [2 ** i for i in range(k + 1)])
         self.output_scales = [in_size * f for f in factors]
@@ -272,8 +273,9 @@ def resolve_config(**config: Any) -> dict[str, Any]:
     dropout = cfg["head_dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         problems.append(f"model.head_dropout: expected a number in [0, 1), found {dropout!r}")
-    if not isinstance(cfg["head_skips"], bool):
-        problems.append(f"model.head_skips: expected true or false, found {cfg['head_skips']!r}")
+    for key in ("head_skips", "head_image"):
+        if not isinstance(cfg[key], bool):
+            problems.append(f"model.{key}: expected true or false, found {cfg[key]!r}")
     if problems:  # names and types first: the size rules need valid integers
         raise ConfigError("invalid model config:\n  " + "\n  ".join(problems))
 
@@ -311,8 +313,8 @@ def build_model(**config: Any) -> nn.Module:
     ELU-Net only), ``width=16``, ``depth=4``, ``norm="batch"`` (``batch`` | ``instance`` |
     ``group``), ``in_channels=1``, ``classes=1``, ``in_size=16``, ``out_size=256`` (``in_size``
     for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain`` | ``subpixel``), ``head_skips=True``
-    (paper, chain), ``head_code=8``, ``head_hidden=32``, ``head_layers=1``, ``head_dropout=0``
-    (subpixel), ``train_at="input"`` (baseline: ``input`` | ``output``).
+    (paper, chain), ``head_code=8``, ``head_hidden=32``, ``head_layers=1``, ``head_dropout=0``,
+    ``head_image=True`` (subpixel), ``train_at="input"`` (baseline: ``input`` | ``output``).
 
     Returns:
         A :class:`JNet` (arch jnet) or :class:`Baseline` (arch baseline / base) whose ``.config``
@@ -328,7 +330,8 @@ def build_model(**config: Any) -> nn.Module:
     if cfg["arch"] == "jnet":
         model: nn.Module = JNet(base, cfg["in_size"], cfg["out_size"], cfg["classes"], cfg["head"],
                                 bool(cfg["head_skips"]), cfg["in_channels"], code, cfg["head_hidden"] or 0,
-                                cfg["head_layers"] or 1, float(cfg["head_dropout"] or 0))
+                                cfg["head_layers"] or 1, float(cfg["head_dropout"] or 0),
+                                cfg["head_image"] is not False)
     else:
         model = Baseline(base, cfg["in_size"], cfg["out_size"], cfg["train_at"] or "input",
                          cfg["classes"], cfg["in_channels"])
