@@ -239,8 +239,8 @@ class SubpixelHead(nn.Module):
 
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
-#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``image``, ``in_channels``) and ``factors``,
-#: ``foldable``, ``code_channels``.
+#: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``image``, ``in_channels``) and
+#: ``factors``, ``foldable``, ``code_channels``.
 HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
 
 
