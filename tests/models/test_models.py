@@ -509,8 +509,30 @@ def test_subpixel_head_dropout_acts_in_training_only():
     assert build_model(arch="baseline", width=4).config["head_dropout"] is None
 
 
+def test_only_large_intermediates_are_kept():
+    """Above MIN_BYTES an inference intermediate is a view of the thread's kept buffer (the same
+    memory call after call); below it, and with autograd on, the caller allocates fresh."""
+    from jnet.models import scratch
+
+    like = torch.zeros(1)
+    large = (scratch.MIN_BYTES // 4 + 1,)
+    with torch.no_grad():
+        assert scratch.intermediate((8, 8), like) is None
+        first, second = scratch.intermediate(large, like), scratch.intermediate(large, like)
+        assert first.shape == large and first.data_ptr() == second.data_ptr()
+    assert scratch.intermediate(large, like) is None  # autograd on
+
+
+@pytest.fixture
+def kept_buffers(monkeypatch):
+    """Every inference intermediate in a kept buffer, however small (the tests' models are tiny)."""
+    from jnet.models import scratch
+
+    monkeypatch.setattr(scratch, "MIN_BYTES", 0)
+
+
 @pytest.mark.parametrize("head", ["paper", "subpixel"])
-def test_inference_reuses_memory_without_aliasing_results(head):
+def test_inference_reuses_memory_without_aliasing_results(head, kept_buffers):
     """The heads' intermediate lives in a reused buffer at inference: results stay independent
     from call to call, across inference_mode and no_grad, and match the head run with autograd."""
     model = build_model(variant="faithful", width=4, in_size=16, out_size=64, head=head).eval()
@@ -529,7 +551,7 @@ def test_inference_reuses_memory_without_aliasing_results(head):
     torch.testing.assert_close(torch.cat([first, second]), want, rtol=1e-4, atol=1e-5)
 
 
-def test_inference_buffers_are_per_thread():
+def test_inference_buffers_are_per_thread(kept_buffers):
     """Concurrent callers of one model never share an intermediate buffer."""
     from concurrent.futures import ThreadPoolExecutor
 
