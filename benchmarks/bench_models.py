@@ -6,7 +6,8 @@ the default eval path (``model.eval(); model(x)``, which folds an affine head by
 unfolded (``auto_fold = False``, to show what the fold buys), or jnet's
 subpixel head (``--head subpixel``), which runs as it is. Parameters, MACs per image, images/s at
 each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
-every repetition so load drift hits both), and the ratio J-Net / base (1.0 = the head is free).
+every repetition so load drift hits both), and the ratio J-Net / base images/s (1.0 = the head is
+free): the median of the ratios paired within each repetition, with their range in brackets.
 The bilinear baseline (the same base, no head, fixed bilinear upsampling to S) is timed alongside:
 what any model that writes an S x S output pays, the floor of a J-Net's ratio.
 
@@ -79,14 +80,21 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
                 for name, timer in timers.items():
                     times[name].append(timer())
         ips = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+        # paired within each repetition, so drift between repetitions cancels
+        ratios = {name: sorted(b / m for b, m in zip(times["base"], t)) for name, t in times.items()}
         rows.append({
             "s": s, "S": big, "batch": batch,
             "params_base": count_parameters(base), "params_jnet": count_parameters(jnet),
             "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, 1, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
-            "ips_bilinear": ips["bilinear"],
+            "ips_bilinear": ips["bilinear"], "ratios": ratios,
         })
     return rows
+
+
+def _ratio(ratios: list[float]) -> str:
+    """The median paired ratio and its range over the repetitions."""
+    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -95,12 +103,13 @@ def markdown(rows: list[dict]) -> str:
             "| bilinear baseline img/s | ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        ratio = r["ratios"]
         lines.append(
             f"| {r['s']} | {r['S']} | {r['batch']} | {r['params_base']:,} | {r['params_jnet']:,} "
             f"| {r['macs_base'] / 1e6:.1f} M | {r['macs_jnet'] / 1e6:.1f} M | {r['ips_base']:.0f} "
-            f"| {r['ips_folded']:.0f} | {r['ips_folded'] / r['ips_base']:.2f}x "
-            f"| {r['ips_unfolded']:.0f} | {r['ips_unfolded'] / r['ips_base']:.2f}x "
-            f"| {r['ips_bilinear']:.0f} | {r['ips_bilinear'] / r['ips_base']:.2f}x |")
+            f"| {r['ips_folded']:.0f} | {_ratio(ratio['folded'])} "
+            f"| {r['ips_unfolded']:.0f} | {_ratio(ratio['unfolded'])} "
+            f"| {r['ips_bilinear']:.0f} | {_ratio(ratio['bilinear'])} |")
     return "\n".join(lines)
 
 
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head)
     table = markdown(rows)
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
-              f"median of {args.reps} repetitions after {args.warmup} warm-up calls; ELU-Net "
+              f"median of {args.reps} repetitions after {args.warmup} warm-up calls (ratios: median "
+              f"of the ratios paired within each repetition, and their range); ELU-Net "
               f"faithful width {args.width}; head {args.head}; ratio = J-Net img/s / base img/s\n\n")
     print(header + table)
     if args.out:

@@ -210,3 +210,18 @@ def test_bench_train_times_each_head_against_the_reference_style_loop(capsys):
     assert naive > 0 and paper > 0 and subpixel > 0
     assert paper_ratio == pytest.approx(paper / naive, abs=0.01)
     assert subpixel_ratio == pytest.approx(subpixel / naive, abs=0.01)
+
+
+def test_bench_models_reports_paired_ratios_with_their_range(capsys):
+    """benchmarks/bench_models.py: each ratio is the median of the per-repetition ratios, printed
+    with their range, which holds it."""
+    import re
+
+    module = benchmark_script("bench_models")
+    assert module.main(["--sizes", "16", "--batches", "1", "--reps", "3", "--warmup", "1",
+                        "--min-time", "0.01", "--width", "4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16 |"))
+    ratios = re.findall(r"(\d+\.\d+)x \((\d+\.\d+)-(\d+\.\d+)\)", row)
+    assert len(ratios) == 3  # default eval path, unfolded, bilinear baseline
+    for median, low, high in ratios:
+        assert 0 < float(low) <= float(median) <= float(high)
