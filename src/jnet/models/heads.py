@@ -168,13 +168,13 @@ class SubpixelHead(nn.Module):
     ``blocks`` lays the blocks out side by side (a sub-pixel convolution, as PixelShuffle). Each
     block is predicted from the 3x3 neighbourhood of its low-resolution pixel: the logits, ``code``
     more channels of the base's last layer (what one number per pixel cannot carry, e.g. where
-    inside the pixel a boundary lies) and the image's own partial-volume values. The last layer starts at
-    zero, so an untrained head is the fixed bilinear upsampling of the baseline (to float
+    inside the pixel a boundary lies) and the image's own partial-volume values. The last layer
+    starts at zero, so an untrained head is the fixed bilinear upsampling of the baseline (to float
     round-off): training starts from it, never from an empty map.
 
-    Everything runs at ``s``: one matrix product over the pixels gives the learned
-    blocks and the bilinear ones together (:func:`bilinear_blocks`, fixed weights), and the only
-    work at ``S`` is writing the output once. (A 1x1 convolution, PixelShuffle and a separate
+    Everything runs at ``s``: one matrix product over the pixels gives the learned blocks and the
+    bilinear ones together (:func:`bilinear_blocks`, fixed weights), and the only work at ``S`` is
+    writing the output once. (A 1x1 convolution, PixelShuffle and a separate
     ``F.interpolate`` in its place cost several times more on a CPU at batch 16.)
 
     Args:

@@ -331,7 +331,7 @@ def build_model(**config: Any) -> nn.Module:
         model: nn.Module = JNet(base, cfg["in_size"], cfg["out_size"], cfg["classes"], cfg["head"],
                                 bool(cfg["head_skips"]), cfg["in_channels"], code, cfg["head_hidden"] or 0,
                                 cfg["head_layers"] or 1, float(cfg["head_dropout"] or 0),
-                                cfg["head_image"] is not False)
+                                cfg["head_image"] is not False)  # None (no subpixel head): unused
     else:
         model = Baseline(base, cfg["in_size"], cfg["out_size"], cfg["train_at"] or "input",
                          cfg["classes"], cfg["in_channels"])

@@ -28,10 +28,10 @@ MIN_BYTES = 2 * 2 ** 20  # smaller intermediates are allocated fresh (see above)
 
 def intermediate(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
     """A reused buffer of ``shape`` (dtype and device of ``like``) for a result that the calling
-    forward consumes before it returns, or None where a fresh tensor must be used or is faster: with autograd
-    on (the result must keep its graph), under autocast (which picks its own dtypes), while
-    tracing or exporting (a buffer would become a graph constant), for shape-only meta tensors,
-    and below :data:`MIN_BYTES`, where a fresh tensor is faster.
+    forward consumes before it returns, or None where a fresh tensor must be used or is faster:
+    with autograd on (the result must keep its graph), under autocast (which picks its own
+    dtypes), while tracing or exporting (a buffer would become a graph constant), for shape-only
+    meta tensors, and at :data:`MIN_BYTES` or below.
     """
     if (like.is_meta or torch.is_grad_enabled() or torch.is_autocast_enabled(like.device.type)
             or tracing() or torch.onnx.is_in_onnx_export()):
