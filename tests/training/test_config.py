@@ -68,6 +68,37 @@ def test_bad_keys_and_values_name_the_field(tmp_path, raw, pattern):
         load_config(path)
 
 
+@pytest.mark.parametrize("override, pattern", [
+    ("train.epochs=0", r"train\.epochs: expected a value of at least 1, found 0"),
+    ("train.batch_size=-4", r"train\.batch_size: expected a value of at least 1, found -4"),
+    ("train.lr=0", r"train\.lr: expected a value above 0, found 0\.0"),
+    ("train.lr=-1e-3", r"train\.lr: expected a value above 0"),
+    ("train.head_lr_scale=0", r"train\.head_lr_scale: expected a value above 0"),
+    ("train.warmup=-1", r"train\.warmup: expected a value of at least 0"),
+    ("train.num_workers=-1", r"train\.num_workers: expected a value of at least 0"),
+    ("train.ema=1", r"train\.ema: expected a value between 0 and 1 \(both excluded\), found 1\.0"),
+    ("train.momentum=1.5", r"train\.momentum: expected a value between 0 and 1, found 1\.5"),
+    ("loss.dice_weight=-0.5", r"loss\.dice_weight: expected a value of at least 0"),
+    ("data.fold=-1", r"data\.fold: expected a value of at least 0"),
+])
+def test_values_out_of_range_are_refused_on_the_command_line(tmp_path, override, pattern):
+    path = write(tmp_path, "train: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match=r"^override '" + override.replace(".", r"\.") + "': " + pattern):
+        load_config(path, [override])
+
+
+def test_bounds_name_real_fields_and_pass_the_edges_and_null():
+    from jnet.training.config import BOUNDS
+
+    for name in BOUNDS:
+        section, key = name.split(".")
+        assert key in {f.name for f in dataclasses.fields(getattr(Config(), section))}, name
+    edges = config_from_dict({"train": {"epochs": 1, "lr": 1e-9, "warmup": 0, "ema": None,
+                                        "momentum": 0, "limit_val_batches": 0},
+                              "loss": {"dice_weight": 0}})
+    assert edges.train.epochs == 1 and edges.train.ema is None
+
+
 def test_unknown_override_key_is_named(tmp_path):
     path = write(tmp_path, "train: {epochs: 3}\n")
     with pytest.raises(ConfigError, match=r"train\.batchsize: unknown key; did you mean 'batch_size'\?"):

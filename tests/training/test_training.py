@@ -513,6 +513,6 @@ def test_ema_weights_are_what_checkpoints_hold_and_a_resume_continues_them(cache
 def test_ema_decay_out_of_range_is_refused(cache, tmp_path, ema):
     from jnet.training.run import train
 
-    with pytest.raises(ConfigError, match="train.ema: expected a (decay between 0 and 1|number)"):
+    with pytest.raises(ConfigError, match="train.ema: expected a (value between 0 and 1|number)"):
         train(config_from_dict(tiny(cache, ema=ema)), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

@@ -108,6 +108,31 @@ class Config:
 
 SECTIONS = ("data", "model", "loss", "train")
 
+#: Bounds of the numeric fields whose type allows values that make no sense:
+#: ``(low, high, inclusive)``; ``None`` values (a field switched off) always pass.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "data.fold": (0, float("inf"), True),
+    "loss.dice_weight": (0, float("inf"), True),
+    "train.epochs": (1, float("inf"), True),
+    "train.batch_size": (1, float("inf"), True),
+    "train.lr": (0, float("inf"), False),
+    "train.head_lr_scale": (0, float("inf"), False),
+    "train.weight_decay": (0, float("inf"), True),
+    "train.momentum": (0, 1, True),
+    "train.warmup": (0, float("inf"), True),
+    "train.min_lr": (0, float("inf"), True),
+    "train.step_size": (1, float("inf"), True),
+    "train.gamma": (0, float("inf"), False),
+    "train.num_nodes": (1, float("inf"), True),
+    "train.num_workers": (0, float("inf"), True),
+    "train.early_stopping": (1, float("inf"), True),
+    "train.ema": (0, 1, False),  # a decay: 0 and 1 would not average
+    "train.val_every": (1, float("inf"), True),
+    "train.limit_train_batches": (0, float("inf"), False),
+    "train.limit_val_batches": (0, float("inf"), True),  # 0: no validation
+    "train.log_every": (1, float("inf"), True),
+}
+
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config, apply dotted ``key=value`` overrides and validate it.
@@ -199,6 +224,7 @@ def config_from_dict(raw: Mapping, source: str = "config") -> Config:
     _check_model_keys(model, source)
     rest = {k: v for k, v in raw.items() if k != "model"}
     config = _build(Config, {**rest, "model": {}}, "", source)
+    _check_bounds(config, source)
     return dataclasses.replace(config, model=_deep_copy(dict(model)))
 
 
@@ -258,6 +284,19 @@ def _model_fields() -> Optional[set]:
     if any(p.kind is p.VAR_KEYWORD for p in params) or not names:
         return None
     return names
+
+
+def _check_bounds(config: Config, source: str) -> None:
+    for name, (low, high, inclusive) in BOUNDS.items():
+        section, key = name.split(".")
+        value = getattr(getattr(config, section), key)
+        if value is None or ((low <= value <= high) if inclusive else (low < value < high)):
+            continue
+        if high == float("inf"):
+            expected = f"{'of at least' if inclusive else 'above'} {low}"
+        else:
+            expected = f"between {low} and {high}{'' if inclusive else ' (both excluded)'}"
+        raise ConfigError(f"{source}: {name}: expected a value {expected}, found {value!r}")
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:

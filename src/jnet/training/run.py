@@ -257,9 +257,6 @@ def _trainer(config: Config, run_dir: Path, quiet: bool, extra: Sequence[L.Callb
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.early_stopping))
     if t.ema is not None:
-        if not 0 < t.ema < 1:
-            raise ConfigError(f"train.ema: expected a decay between 0 and 1 (e.g. 0.99) or null, "
-                              f"found {t.ema!r}")
         # validation and every checkpoint see the averaged weights; a resume restores both
         callbacks.append(EMAWeightAveraging(decay=t.ema))
     loggers = [CSVLogger(run_dir / "logs", name="csv"),
