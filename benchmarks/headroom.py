@@ -12,6 +12,10 @@ resolution ``S`` on one split (mean slice Jaccard, both-empty counts 1, as `jnet
 With ``--runs``, each trained model on the same cache is scored as trained, and its own
 low-resolution probabilities are upsampled bilinearly and by the head fitted on true fractions
 (with their RMSE against the true fractions): how much of the ceiling survives the base's error.
+Two more rows split the model's error into *how much* and *where*: in each ``f x f`` block of the
+output (one input pixel) the true number of foreground pixels is given to the model's ranking of
+its pixels (its output logits), or the model's number (its thresholded output) to the true
+ranking.
 
     python benchmarks/headroom.py --data wm-128 --in-size 16 --seeds 0 1 2 [--runs RUN ...]
 """
@@ -78,6 +82,18 @@ def upsample_with(head: SubpixelHead, frac: torch.Tensor) -> torch.Tensor:
     return head(torch.logit(frac.clamp(EPS, 1 - EPS)), frac)[-1]
 
 
+def count_decode(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Masks ``(N, 1, S, S)`` with the ``counts (N, 1, s, s)`` highest ``scores`` of each
+    ``S/s x S/s`` block set: a given amount of foreground per input pixel, placed by ``scores``."""
+    n, _, size, _ = scores.shape
+    s = counts.shape[-1]
+    f = size // s
+    blocks = scores.view(n, s, f, s, f).permute(0, 1, 3, 2, 4).reshape(n, s, s, f * f)
+    rank = blocks.argsort(-1, descending=True).argsort(-1)  # each pixel's place in its block
+    mask = rank < counts.view(n, s, s, 1).round()
+    return mask.view(n, s, s, f, f).permute(0, 1, 3, 2, 4).reshape(n, 1, size, size)
+
+
 def run_rows(run: str, images: torch.Tensor, labels: torch.Tensor, head: SubpixelHead) -> list[str]:
     """A trained model's own score, and its low-resolution probabilities upsampled two ways."""
     from jnet.training.checkpoint import load_model
@@ -86,15 +102,25 @@ def run_rows(run: str, images: torch.Tensor, labels: torch.Tensor, head: Subpixe
     s = model.in_size
     lr = downsample(images, s, info.get("downsample", "area"))
     with torch.no_grad():
-        own = torch.cat([model(x) for x in lr.split(256)]) > 0
+        scores = torch.cat([model(x) for x in lr.split(256)])
+        own = scores > 0
         low = torch.sigmoid(torch.cat([model.base(x)[:, :1] for x in lr.split(256)]))
         headed = torch.cat([upsample_with(head, x) for x in low.split(256)]) > 0
-    rmse = float((low - downsample(labels, s, "area")).square().mean().sqrt())
+    true = downsample(labels, s, "area")
+    rmse = float((low - true).square().mean().sqrt())
+    pixels = (labels.shape[-1] // s) ** 2
+    own_counts = downsample(own.float(), s, "area") * pixels
+    # the labels ranked first, ties broken at random: the true placement of any count
+    truth = labels + 0.5 * torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
     return [f"| {run}: as trained | {jaccard(own, labels):.1f} |",
             f"| {run}: its {s}x{s} probabilities (RMSE {rmse:.3f} against the true fractions), "
             f"bilinear | {jaccard(bilinear_mask(low, labels.shape[-1]), labels):.1f} |",
             f"| {run}: its {s}x{s} probabilities, the head fitted on true fractions | "
-            f"{jaccard(headed, labels):.1f} |"]
+            f"{jaccard(headed, labels):.1f} |",
+            f"| {run}: its placement, the true count per input pixel | "
+            f"{jaccard(count_decode(scores, true * pixels), labels):.1f} |",
+            f"| {run}: its count per input pixel, the true placement | "
+            f"{jaccard(count_decode(truth, own_counts), labels):.1f} |"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

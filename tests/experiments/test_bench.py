@@ -177,6 +177,23 @@ def test_headroom_scores_upsamplers_of_the_true_fractions(tmp_path, capsys):
     assert "| subpixel head, 16x16 | " in out
 
 
+def test_count_decode_places_each_blocks_count_by_score():
+    """headroom.count_decode: each block gets exactly its count, on its highest scores; the
+    labels' own counts placed by the labels rebuild them."""
+    module = benchmark_script("headroom")
+    scores = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    counts = torch.tensor([[0.0, 4.0], [1.0, 16.0]]).expand(2, 1, 2, 2)
+    mask = module.count_decode(scores, counts)
+    blocks = mask.view(2, 2, 4, 2, 4).sum((2, 4))
+    assert blocks.tolist() == [[[0, 4], [1, 16]]] * 2
+    assert mask[0, 0, 7, 3] and not mask[0, 0, 7, 2]  # block (1, 0), count 1: its top score
+    assert mask[0, 0, 3, 4:].all() and not mask[0, 0, 2, 4:].any()  # 4 of 16: its last row
+    labels = (torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    counts = module.downsample(labels, 4, "area") * 64
+    assert torch.equal(module.count_decode(labels + 0.1 * torch.rand(labels.shape), counts),
+                       labels.bool())
+
+
 def test_headroom_scores_a_trained_runs_own_low_resolution_output(tmp_path, capsys):
     from conftest import tiny, write_cache
     from jnet.training.config import config_from_dict
@@ -192,6 +209,8 @@ def test_headroom_scores_a_trained_runs_own_low_resolution_output(tmp_path, caps
     labels = [r.split(": ", 1)[1].rsplit(" | ", 1)[0] for r in rows]
     assert labels[0] == "as trained" and labels[1].endswith("), bilinear")
     assert labels[2] == "its 16x16 probabilities, the head fitted on true fractions"
+    assert labels[3:] == ["its placement, the true count per input pixel",
+                          "its count per input pixel, the true placement"]
     assert all(0.0 <= float(r.rsplit(" | ", 1)[1].strip(" |")) <= 100.0 for r in rows)
     rmse = float(rows[1].split("RMSE ")[1].split()[0])
     assert 0.0 <= rmse <= 1.0

@@ -12,6 +12,7 @@ from PIL import Image
 
 from jnet.errors import ConfigError
 from jnet.experiments import report
+from jnet.training import presets
 
 ROWS = [
     {"model": "baseline", "in_size": 16, "out_size": 64, "seed": s, "jaccard": j, "dice": j + 0.1,
@@ -298,3 +299,16 @@ def check_self_contained_html(path):
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                               path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
         assert dom.returncode == 0 and "<table>" in dom.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in presets.names() if n.startswith("sweeps/")])
+def test_every_shipped_sweep_makes_valid_training_configs(name):
+    """Each built-in sweep (the grids docs/method.md and the README quote) loads, and each of its
+    cells is a training config that validates."""
+    from jnet.experiments.sweep import load_sweep, make_cells
+    from jnet.training.config import config_from_dict
+
+    cells = make_cells(load_sweep(presets.locate(name)), data_path="/nowhere")
+    assert cells and len({c.name for c in cells}) == len(cells)
+    for cell in cells:
+        config_from_dict(cell.config)
