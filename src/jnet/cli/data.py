@@ -28,9 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, metavar="X",
                    help="in-plane size (default: 256 and 320 alternating for prostate, 240 for brats)")
     p.add_argument("--slices", type=int, default=None, metavar="Z",
-                   help="slices per volume (default 16 prostate, 155 brats)")
+                   help="slices per volume (default 16 prostate, 155 brats, 20 brain)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes generating cases (default: 1 for small sets, else up to 4)")
+    p.add_argument("--contrast", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="brain: range of the gray/white contrast relative to the usual (default "
+                        "0.5 1.3); another range gives the same subjects at an unseen contrast")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_synth)
@@ -88,7 +91,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     out = synthesize(args.out, args.kind, cases=args.cases, seed=args.seed, size=args.size,
                      slices=args.slices, overwrite=args.overwrite, workers=args.workers,
-                     progress=not args.quiet)
+                     progress=not args.quiet, contrast=args.contrast)
     print(f"wrote {args.kind} dataset: {out}")
     return 0
 

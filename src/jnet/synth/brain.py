@@ -153,7 +153,12 @@ def brats_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.nda
     return image, seg, affine
 
 
-def wm_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: The range of the scanner's gray/white contrast of ``wm_case`` subjects, relative to the usual.
+WM_CONTRAST = (0.5, 1.3)
+
+
+def wm_case(rng: np.random.Generator, size: int, slices: int,
+            contrast: tuple[float, float] = WM_CONTRAST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic T1-weighted brain MRI for white-matter segmentation, ``size x size x slices``
     covering 240 x 240 x 100 mm through the cerebrum.
 
@@ -163,7 +168,9 @@ def wm_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.ndarra
     deep gray matter and the other tissue are not. Every subject differs: head size, position and
     in-plane tilt; the scanner's gray/white contrast (from about half to 1.3 times the usual), its
     point-spread blur, bias field and noise; sometimes a tumour that displaces white matter. So
-    held-out subjects are not copies of the training ones.
+    held-out subjects are not copies of the training ones. ``contrast`` sets the range of the
+    gray/white contrast; another range gives the same subjects (the same labels, for a seed) at a
+    contrast a model trained on the default range has not seen.
 
     Returns:
         ``(image int16 (X, Y, Z), label uint8 (X, Y, Z) [0, 1 white matter], affine (4, 4))``.
@@ -183,7 +190,7 @@ def wm_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.ndarra
     label = np.isin(tissue, (WM, WMH)).astype(np.uint8)
     table, grain = S.tissue_tables(rng, TISSUES, {})
     t1 = table[:, 1].copy()
-    t1[WM] = t1[GM] + (t1[WM] - t1[GM]) * u(0.5, 1.3)  # the scanner's gray/white contrast
+    t1[WM] = t1[GM] + (t1[WM] - t1[GM]) * u(*contrast)  # the scanner's gray/white contrast
     sub = tissue[box]
     factor = S.modulation(sub, grain, S.smooth_noise(rng, sub.shape, 3.0, grid.spacing))
     gain = u(300, 1200)

@@ -29,7 +29,7 @@ import numpy as np
 
 from jnet.errors import ConfigError
 from jnet.synth import KINDS
-from jnet.synth.brain import brats_case, wm_case
+from jnet.synth.brain import WM_CONTRAST, brats_case, wm_case
 from jnet.synth.prostate import prostate_case
 from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
 from jnet.utils.options import choose
@@ -76,6 +76,7 @@ class _Job:
     seed: int
     size: int
     slices: int
+    contrast: tuple[float, float] = WM_CONTRAST  # brain only
 
 
 def _write_case(job: _Job) -> None:
@@ -90,7 +91,7 @@ def _write_case(job: _Job) -> None:
             _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
         return
     if job.kind == "brain":
-        image, label, affine = wm_case(rng, job.size, job.slices)
+        image, label, affine = wm_case(rng, job.size, job.slices, job.contrast)
         case_id = f"brain_{job.index:03d}"
         _write(job.root / "imagesTr" / f"{case_id}.nii.gz", nifti_bytes(image, affine))
         _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
@@ -102,10 +103,11 @@ def _write_case(job: _Job) -> None:
     _write(job.root / case_id / f"{case_id}_seg.nii.gz", nifti_bytes(seg, affine))
 
 
-def _jobs(kind: str, root: Path, cases: int, seed: int, size: int | None, slices: int) -> list[_Job]:
+def _jobs(kind: str, root: Path, cases: int, seed: int, size: int | None, slices: int,
+          contrast: tuple[float, float]) -> list[_Job]:
     if kind in ("brats", "brain"):
-        return [_Job(kind, root, i, True, i, seed, size or (240 if kind == "brats" else 256), slices)
-                for i in range(cases)]
+        return [_Job(kind, root, i, True, i, seed, size or (240 if kind == "brats" else 256), slices,
+                     contrast) for i in range(cases)]
     return [
         _Job(kind, root, i, i < cases, i if i < cases else 10_000 + i - cases, seed,
              size or (256, 320)[i % 2], slices)
@@ -146,12 +148,13 @@ def _write_manifest(root: Path, cases: int, seed: int) -> None:
     })
 
 
-def _write_brain_manifest(root: Path, cases: int, seed: int) -> None:
+def _write_brain_manifest(root: Path, cases: int, seed: int, contrast: tuple[float, float]) -> None:
     """dataset.json of the white-matter set (MSD layout, 3D T1 images)."""
+    shifted = "" if contrast == WM_CONTRAST else f", gray/white contrast {contrast[0]:g}-{contrast[1]:g}"
     write_json(root / "dataset.json", {
         "name": "BRAINWM",
         "description": f"Synthetic T1-weighted brain MRI, white matter labelled (jnet data synth, "
-                       f"seed {seed}); not patient data",
+                       f"seed {seed}{shifted}); not patient data",
         "reference": "jnet.synth", "licence": "generated data, no restrictions", "release": "1.0",
         "tensorImageSize": "3D", "modality": {"0": "T1"},
         "labels": {"0": "background", "1": "WM"},
@@ -160,6 +163,21 @@ def _write_brain_manifest(root: Path, cases: int, seed: int) -> None:
                       "label": f"./labelsTr/brain_{i:03d}.nii.gz"} for i in range(cases)],
         "test": [],
     })
+
+
+def _contrast(kind: str, contrast: tuple[float, float] | None) -> tuple[float, float]:
+    if contrast is None:
+        return WM_CONTRAST
+    if kind != "brain":
+        raise ConfigError(f"contrast: only the brain kind has a gray/white contrast to set, not {kind}")
+    try:
+        low, high = (float(v) for v in contrast)
+    except (TypeError, ValueError):
+        raise ConfigError(f"contrast: expected two numbers LOW HIGH, found {contrast!r}") from None
+    if not 0 < low <= high:
+        raise ConfigError(f"contrast: expected 0 < LOW <= HIGH (the default is "
+                          f"{WM_CONTRAST[0]} {WM_CONTRAST[1]}), found {low:g} {high:g}")
+    return (low, high)
 
 
 def auto_workers(jobs: list[_Job]) -> int:
@@ -180,6 +198,7 @@ def synthesize(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    contrast: tuple[float, float] | None = None,
 ) -> Path:
     """Write a synthetic dataset in its published layout (see the module docstring).
 
@@ -198,10 +217,14 @@ def synthesize(
         workers: processes generating cases in parallel (same bytes for any number); None picks
             1 for small sets, else up to 4.
         progress: show a progress bar.
+        contrast: brain only: the range of the subjects' gray/white contrast, relative to the usual
+            (default :data:`~jnet.synth.brain.WM_CONTRAST`, 0.5-1.3). Another range keeps the
+            subjects of a seed and their labels and changes their contrast: a test set a model
+            trained on the default has not seen.
     Returns:
         The dataset folder.
     Raises:
-        ConfigError: bad kind, cases, size or slices. DataError: ``out`` exists.
+        ConfigError: bad kind, cases, size, slices or contrast. DataError: ``out`` exists.
     """
     from tqdm.auto import tqdm
 
@@ -212,14 +235,15 @@ def synthesize(
     for field, value, low in limits:
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ConfigError(f"{field}: expected an integer >= {low}, found {value!r}")
+    contrast = _contrast(kind, contrast)
     out = Path(out).expanduser()
     claim_dir(out, overwrite, what="synthetic dataset folder")
     with atomic_dir(out) as tmp:  # replaces an old folder only once the new one is complete
-        jobs = _jobs(kind, tmp, cases, seed, size, slices)
+        jobs = _jobs(kind, tmp, cases, seed, size, slices, contrast)
         with tqdm(total=len(jobs), desc=f"synth {kind}", unit="case", disable=not progress) as bar:
             _run(jobs, auto_workers(jobs) if workers is None else workers, bar)
         if kind == "prostate":
             _write_manifest(tmp, cases, seed)
         elif kind == "brain":
-            _write_brain_manifest(tmp, cases, seed)
+            _write_brain_manifest(tmp, cases, seed, contrast)
     return out
