@@ -100,12 +100,30 @@ def test_explicit_padding_replaces_same_padding():
 
 def test_convtranspose_rewrite_is_exact():
     model = tiny()
-    rewritten = convtranspose_as_conv(model)
+    rewritten = convtranspose_as_conv(model, torch.zeros(1, 2, SMALL, SMALL))
     assert any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in rewritten.modules())
     x = torch.randn(3, 2, SMALL, SMALL)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), model(x), rtol=1e-5, atol=1e-5)
+    up = nn.ConvTranspose2d(3, 5, 2, stride=2)
+    x = torch.randn(2, 3, 4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(convtranspose_as_conv(up, x[:1])(x), up(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_layout_graph_has_no_depth_to_space_and_no_runtime_shapes():
+    """The rewritten upsampling exports as transposes and reshapes of constant shape: no
+    DepthToSpace (NCHW only in ONNX Runtime) and no Shape node (it would make ONNX Runtime
+    transpose and dequantize a tensor only to measure it), and ONNX Runtime runs it exactly."""
+    model = tiny()
+    rewritten = convtranspose_as_conv(model, torch.zeros(1, 2, SMALL, SMALL))
+    graph = onnx_bytes(rewritten, 2, SMALL)
+    ops = {n.op_type for n in onnx.load_from_string(graph).graph.node}
+    assert "DepthToSpace" not in ops and "ConvTranspose" not in ops and "Shape" not in ops
+    x = np.random.default_rng(1).standard_normal((3, 2, SMALL, SMALL)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_run(graph, x), model(torch.from_numpy(x)).numpy(), atol=1e-5)
 
 
 def test_opset_13_for_older_tensorrt(tmp_path):

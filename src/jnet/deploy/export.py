@@ -25,6 +25,7 @@ import torch
 from jnet import __version__
 from jnet.deploy.runtime import CHECKSUM_KEY, INPUT_NAME, OUTPUT_NAME, ModelMeta, make_session, seal
 from jnet.errors import ConfigError, ExportError, JnetError
+from jnet.models.blocks import tracing
 from jnet.models.fold import fold_head
 from jnet.training.checkpoint import load_model
 from jnet.utils.atomic import atomic_path, check_writable
@@ -75,27 +76,45 @@ def inference_module(model: torch.nn.Module, fold: bool = True) -> tuple[torch.n
 
 
 class _PixelShuffleUp(torch.nn.Module):
-    """``ConvTranspose2d(kernel 2, stride 2)`` as ``Conv1x1(c_in -> 4 c_out)`` + ``PixelShuffle(2)``
-    (ONNX DepthToSpace, CRD): exact, since each input pixel feeds its own 2x2 output block."""
+    """``ConvTranspose2d(kernel 2, stride 2)`` as ``Conv1x1(c_in -> 4 c_out)`` and a pixel shuffle
+    spelt for ONNX Runtime's channels-last INT8 kernels: exact, since each input pixel feeds its
+    own 2x2 output block.
+
+    The shuffle is Transpose (to NHWC) -> Reshape -> Transpose -> Reshape -> Transpose (to NCHW).
+    ONNX Runtime runs QLinearConv in NHWC, so it cancels the outer transposes against its own, and
+    the middle one moves a single axis of uint8 data: a copy of contiguous blocks. (Its
+    DepthToSpace has only an NCHW kernel: each one cost two full layout transposes, half of the
+    INT8 run.) The convolution orders its outputs (i, j, channel) so that one axis moves, and the
+    reshapes of a trace use the spatial size of the last eager call (:func:`convtranspose_as_conv`
+    makes one): a shape read from the tensor at run time makes ONNX Runtime transpose and
+    dequantize the tensor only to measure it.
+    """
 
     def __init__(self, up: torch.nn.ConvTranspose2d) -> None:
         super().__init__()
         c_in, c_out = up.in_channels, up.out_channels
+        self.channels = c_out
+        self.size: tuple[int, int] | None = None  # (h, w) of the last eager input
         self.conv = torch.nn.Conv2d(c_in, 4 * c_out, 1, bias=up.bias is not None)
-        with torch.no_grad():  # weight (c_in, c_out, i, j) -> output channel c_out*4 + 2i + j
-            self.conv.weight.copy_(up.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in, 1, 1))
+        with torch.no_grad():  # weight (c_in, c_out, i, j) -> output channel (2i + j) c_out + c
+            self.conv.weight.copy_(up.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in, 1, 1))
             if up.bias is not None:
-                self.conv.bias.copy_(up.bias.repeat_interleave(4))
-        self.shuffle = torch.nn.PixelShuffle(2)
+                self.conv.bias.copy_(up.bias.repeat(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
+        if not tracing():  # eager: the real size, kept for the trace
+            self.size = (int(x.shape[2]), int(x.shape[3]))
+        (h, w), c = self.size, self.channels
+        y = self.conv(x).permute(0, 2, 3, 1)  # (B, h, w, [i, j, c])
+        y = y.reshape(-1, h, w, 2, 2 * c).transpose(2, 3)  # (B, h, i, w, [j, c])
+        return y.reshape(-1, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-def convtranspose_as_conv(module: torch.nn.Module) -> torch.nn.Module:
+def convtranspose_as_conv(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """A copy of ``module`` with every 2x2 stride-2 transposed convolution rewritten exactly as a
-    1x1 convolution + pixel shuffle. ONNX Runtime has INT8 kernels for the convolution but none
-    for ConvTranspose, so the INT8 export uses this layout (see quantize.QUANTIZED_OPS)."""
+    1x1 convolution + pixel shuffle (:class:`_PixelShuffleUp`), for inputs of ``example``'s
+    spatial size (any batch). ONNX Runtime has INT8 kernels for the convolution but none for
+    ConvTranspose (see quantize.QUANTIZED_OPS), and in FP32 too the rewrite runs faster there."""
     module = copy.deepcopy(module).eval()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
@@ -104,18 +123,20 @@ def convtranspose_as_conv(module: torch.nn.Module) -> torch.nn.Module:
                     and child.output_padding == (0, 0) and child.dilation == (1, 1)
                     and child.groups == 1):
                 setattr(parent, name, _PixelShuffleUp(child))
+    with torch.enable_grad():  # as traced: an affine head is not folded on the fly
+        module(example)  # records each shuffle's spatial size
     return module
 
 
 def export_graph(model: torch.nn.Module, module: torch.nn.Module, meta: ModelMeta, *,
-                 opset: int = 17, real: np.ndarray | None = None, seed: int = 0,
-                 int8_layout: bool = False) -> tuple[bytes, dict[str, float]]:
+                 opset: int = 17, real: np.ndarray | None = None,
+                 seed: int = 0) -> tuple[bytes, dict[str, float]]:
     """The ONNX graph of ``module`` and its parity with ``model`` (raises ExportError on failure).
 
-    ``int8_layout`` rewrites transposed convolutions first (:func:`convtranspose_as_conv`).
+    Transposed convolutions are rewritten first (:func:`convtranspose_as_conv`): exact, and
+    faster in ONNX Runtime in FP32 as well as INT8 (``benchmarks/profile_ort.py``).
     """
-    if int8_layout:
-        module = convtranspose_as_conv(module)
+    module = convtranspose_as_conv(module, torch.zeros(1, meta.in_channels, meta.in_size, meta.in_size))
     graph = onnx_bytes(module, meta.in_channels, meta.in_size, opset)
     return graph, check_parity(model, graph, parity_inputs(meta, real, seed))
 
@@ -300,8 +321,7 @@ def export_onnx(source: Any, out: str | os.PathLike, *, opset: int = 17, int8: b
 
         data = PreparedSlices(calib, meta, fold=calib_fold)
     real = data.calibration_inputs(limit=4) if data is not None else None
-    graph, parity = export_graph(model, module, meta, opset=opset, real=real, seed=seed,
-                                 int8_layout=int8)
+    graph, parity = export_graph(model, module, meta, opset=opset, real=real, seed=seed)
     gate = None
     if int8:
         from jnet.deploy.quantize import quantize_model

@@ -184,8 +184,10 @@ def graph(subject: Subject, backend: str, calib: str | os.PathLike | None = None
     else:
         module, head = subject.inference_module()
         meta = ModelMeta.from_model(subject.model, subject.info, head=head)
-        data, _ = export_graph(subject.model, module, meta, int8_layout=int8)
-        data = add_metadata(data, meta)
+        if int8:  # the FP32 graph, quantized below
+            data = graph(subject, "onnxruntime")
+        else:
+            data = add_metadata(export_graph(subject.model, module, meta)[0], meta)
     if int8 and meta.precision != "int8":
         from jnet.deploy.quantize import PreparedSlices, quantize_int8
 
