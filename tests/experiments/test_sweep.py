@@ -229,6 +229,12 @@ def test_local_launcher_runs_cells_in_parallel_processes(prepared, tmp_path):
     before = len(list((tmp_path / "jobs-out" / "jobs").iterdir()))
     run_sweep(path, tmp_path / "jobs-out", data=str(prepared), quiet=True, launch=launch)
     assert len(list((tmp_path / "jobs-out" / "jobs").iterdir())) == before  # nothing resubmitted
+    # speeds timed beside another cell say so; timed alone, nothing is said
+    assert {(r["bench_threads"], r["bench_alongside"]) for r in rows.values()} == {("1", "1")}
+    note = ("- speed columns of 4 of 4 cells were timed while up to 1 other cell(s) ran on the same "
+            "machine, with 1 torch thread(s) each")
+    assert note in (tmp_path / "jobs-out" / "results.md").read_text()
+    assert "speed columns" not in (tmp_path / "here" / "results.md").read_text()
 
 
 def test_a_failed_job_is_named_and_the_others_finish(tmp_path, monkeypatch):
@@ -251,7 +257,7 @@ def test_a_failed_job_is_named_and_the_others_finish(tmp_path, monkeypatch):
     assert sorted(p.parent.name for p in tmp_path.glob("cells/*/cell.json")) == ["c0", "c2"]
 
 
-def _fake_job(cell, cell_dir, sweep, threads):
+def _fake_job(cell, cell_dir, sweep, threads, alongside):
     from jnet.errors import DataError
     from jnet.utils.atomic import write_json
 

@@ -81,7 +81,8 @@ def make_executor(folder: Path, options: LaunchOptions):
     return executor
 
 
-def run_cell_job(cell: Any, cell_dir: str, sweep: Mapping[str, Any], threads: int) -> dict:
+def run_cell_job(cell: Any, cell_dir: str, sweep: Mapping[str, Any], threads: int,
+                 alongside: int = 0) -> dict:
     """What one job runs (a module-level function: submitit pickles it by reference)."""
     import torch
 
@@ -89,7 +90,7 @@ def run_cell_job(cell: Any, cell_dir: str, sweep: Mapping[str, Any], threads: in
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-    return run_cell(cell, Path(cell_dir), sweep, quiet=True)
+    return run_cell(cell, Path(cell_dir), sweep, quiet=True, alongside=alongside)
 
 
 def launch_cells(cells: Sequence[Any], out: Path, sweep: Mapping[str, Any], options: LaunchOptions,
@@ -105,6 +106,8 @@ def launch_cells(cells: Sequence[Any], out: Path, sweep: Mapping[str, Any], opti
     from tqdm.auto import tqdm
 
     executor = make_executor(Path(out) / "jobs", options)
+    # local jobs share this machine, so each one's speed is timed beside the others
+    alongside = options.max_parallel - 1 if options.launcher == "local" else 0
     pending = [c for c in cells if not (Path(out) / "cells" / c.name / "cell.json").exists()]
     running: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -115,7 +118,7 @@ def launch_cells(cells: Sequence[Any], out: Path, sweep: Mapping[str, Any], opti
             cell = queue.pop(0)
             cell_dir = Path(out) / "cells" / cell.name
             running[cell.name] = executor.submit(run_cell_job, cell, str(cell_dir), dict(sweep),
-                                                 options.threads())
+                                                 options.threads(), alongside)
         done = [name for name, job in running.items() if job.done()]
         if not done:
             time.sleep(POLL_S)

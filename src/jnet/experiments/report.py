@@ -27,7 +27,9 @@ METRIC_FIELDS = (
     "onnx_images_per_s", "train_time_s", "hd95_undefined",
 )
 QUALITY_FIELDS = ("volume_dice", "volume_jaccard", "jaccard", "dice", "hd95")
-ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample", "degenerate") + METRIC_FIELDS
+# How the speed columns were timed: torch threads, other cells running meanwhile (speed_note)
+TIMING_FIELDS = ("bench_threads", "bench_alongside")
+ROW_FIELDS = KEY_FIELDS + ("arch", "base", "downsample", "degenerate") + METRIC_FIELDS + TIMING_FIELDS
 
 # How each metric is printed in the Markdown table: (header, format, scale). Per-case (volume)
 # figures lead; the slice means (empty slices predicted empty count 1) follow.
@@ -128,6 +130,20 @@ def degenerate_note(rows: Sequence[dict]) -> str:
     lines.append(f"- HD95 undefined (exactly one mask empty), excluded from the HD95 means: {undefined} "
                  f"slice-structure values over {len(rows)} cells (column HD95 undef.: per model, all seeds)")
     return "\n" + "\n".join(lines) + "\n"
+
+
+def speed_note(rows: Sequence[dict]) -> str:
+    """A line under a table whose speed columns were timed while other cells ran on the same
+    machine (``--launcher local --max-parallel N``); nothing otherwise."""
+    shared = [r for r in rows if int(float(r.get("bench_alongside") or 0)) > 0]
+    if not shared:
+        return ""
+    others = max(int(float(r["bench_alongside"])) for r in shared)
+    threads = sorted({int(float(r["bench_threads"])) for r in shared if r.get("bench_threads") not in (None, "")})
+    return (f"- speed columns of {len(shared)} of {len(rows)} cells were timed while up to {others} "
+            f"other cell(s) ran on the same machine, with {'/'.join(map(str, threads)) or '?'} torch "
+            f"thread(s) each: compare them within this sweep only, or time the models alone with "
+            f"`jnet bench`\n")
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> None:

@@ -136,8 +136,15 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
     return cells
 
 
-def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> dict:
-    """Train, evaluate and bench one cell; write and return its row (``cell.json``)."""
+def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: bool = False,
+             alongside: int = 0) -> dict:
+    """Train, evaluate and bench one cell; write and return its row (``cell.json``).
+
+    ``alongside``: how many other cells may run on this machine meanwhile (``--launcher local``);
+    the row records it with the torch threads, as the context of its speed columns.
+    """
+    import torch
+
     from jnet.evaluation.evaluate import evaluate
     from jnet.experiments.bench import fresh_process_peak_mb
     from jnet.training.checkpoint import load_model, resolve
@@ -167,6 +174,7 @@ def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: boo
         "volume_dice": metrics["volume_dice"]["mean"],
         "hd95_undefined": metrics["hd95_undefined"], "degenerate": metrics["degenerate"] or "",
         "train_time_s": train_time, **speed,
+        "bench_threads": torch.get_num_threads(), "bench_alongside": alongside,
     }
     write_json(cell_dir / "cell.json", row)
     return row
@@ -247,7 +255,7 @@ def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[C
     """Tables, plots, the sample figure and ``report.md`` from finished cells."""
     report.write_csv(rows, out / "results.csv")
     aggregated = report.aggregate(rows)
-    table = report.markdown_table(aggregated) + report.degenerate_note(rows)
+    table = report.markdown_table(aggregated) + report.degenerate_note(rows) + report.speed_note(rows)
     write_text(out / "results.md", table)
     report.plot_quality_vs_size(aggregated, out / "jaccard_vs_size.png")
     report.plot_pareto(aggregated, out / "pareto.png")
