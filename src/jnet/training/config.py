@@ -16,6 +16,7 @@ The ``model`` section is passed to ``jnet.build_model`` as is; it validates its 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -108,29 +109,20 @@ class Config:
 
 SECTIONS = ("data", "model", "loss", "train")
 
+_AT_LEAST_0, _AT_LEAST_1, _ABOVE_0 = (0, math.inf, True), (1, math.inf, True), (0, math.inf, False)
 #: Bounds of the numeric fields whose type allows values that make no sense:
 #: ``(low, high, inclusive)``; ``None`` values (a field switched off) always pass.
 BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "data.fold": (0, float("inf"), True),
-    "loss.dice_weight": (0, float("inf"), True),
-    "train.epochs": (1, float("inf"), True),
-    "train.batch_size": (1, float("inf"), True),
-    "train.lr": (0, float("inf"), False),
-    "train.head_lr_scale": (0, float("inf"), False),
-    "train.weight_decay": (0, float("inf"), True),
-    "train.momentum": (0, 1, True),
-    "train.warmup": (0, float("inf"), True),
-    "train.min_lr": (0, float("inf"), True),
-    "train.step_size": (1, float("inf"), True),
-    "train.gamma": (0, float("inf"), False),
-    "train.num_nodes": (1, float("inf"), True),
-    "train.num_workers": (0, float("inf"), True),
-    "train.early_stopping": (1, float("inf"), True),
+    "data.fold": _AT_LEAST_0, "loss.dice_weight": _AT_LEAST_0,
+    "train.epochs": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.lr": _ABOVE_0,
+    "train.head_lr_scale": _ABOVE_0, "train.weight_decay": _AT_LEAST_0, "train.momentum": (0, 1, True),
+    "train.warmup": _AT_LEAST_0, "train.min_lr": _AT_LEAST_0, "train.step_size": _AT_LEAST_1,
+    "train.gamma": _ABOVE_0, "train.num_nodes": _AT_LEAST_1, "train.num_workers": _AT_LEAST_0,
+    "train.early_stopping": _AT_LEAST_1,
     "train.ema": (0, 1, False),  # a decay: 0 and 1 would not average
-    "train.val_every": (1, float("inf"), True),
-    "train.limit_train_batches": (0, float("inf"), False),
-    "train.limit_val_batches": (0, float("inf"), True),  # 0: no validation
-    "train.log_every": (1, float("inf"), True),
+    "train.val_every": _AT_LEAST_1, "train.limit_train_batches": _ABOVE_0,
+    "train.limit_val_batches": _AT_LEAST_0,  # 0: no validation
+    "train.log_every": _AT_LEAST_1,
 }
 
 
@@ -292,7 +284,7 @@ def _check_bounds(config: Config, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if value is None or ((low <= value <= high) if inclusive else (low < value < high)):
             continue
-        if high == float("inf"):
+        if high == math.inf:
             expected = f"{'of at least' if inclusive else 'above'} {low}"
         else:
             expected = f"between {low} and {high}{'' if inclusive else ' (both excluded)'}"
