@@ -128,3 +128,12 @@ def test_no_pairs_is_an_error(tmp_path):
     save(tmp_path / "l" / "b.nii.gz", np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(DataError, match="no prediction has a same-named label file"):
         evaluate_folder(tmp_path / "p", tmp_path / "l")
+
+
+def test_an_empty_folder_is_named(tmp_path):
+    save(tmp_path / "p" / "a.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    (tmp_path / "l").mkdir()
+    with pytest.raises(DataError, match=r"l: no NIfTI label file"):
+        evaluate_folder(tmp_path / "p", tmp_path / "l")
+    with pytest.raises(DataError, match=r"l: no NIfTI prediction"):
+        evaluate_folder(tmp_path / "l", tmp_path / "p")

@@ -155,6 +155,10 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     check_writable(out_dir, what="evaluation summary")
     pairs, no_label, no_pred = pair_files(pred_dir, labels_dir)
     if not pairs:
+        if not no_pred:
+            raise DataError(f"{labels_dir}: no NIfTI label file (.nii, .nii.gz) to score against")
+        if not no_label:
+            raise DataError(f"{pred_dir}: no NIfTI prediction (.nii, .nii.gz) to score")
         raise DataError(f"{pred_dir}: no prediction has a same-named label file in {labels_dir}")
     from tqdm.auto import tqdm
 
