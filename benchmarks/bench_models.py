@@ -14,6 +14,7 @@ what any model that writes an S x S output pays, the floor of a J-Net's ratio.
     python benchmarks/bench_models.py                       # the full table (minutes)
     python benchmarks/bench_models.py --sizes 16 --reps 3   # a quick check
     python benchmarks/bench_models.py --head subpixel --sizes 16 32
+    python benchmarks/bench_models.py --head subpixel --sizes 16 --in-channels 2 --classes 3  # zones
 """
 from __future__ import annotations
 
@@ -53,22 +54,23 @@ def per_image_seconds(fn: Callable[[], object], batch: int, min_time: float) -> 
 
 
 def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: float,
-               width: int, head: str = "paper") -> list[dict]:
+               width: int, head: str = "paper", in_channels: int = 1, classes: int = 1) -> list[dict]:
     big = out_size_for(s)
+    io = {"in_channels": in_channels, "classes": classes}
     jnet = build_model(arch="jnet", variant="faithful", width=width, in_size=s, out_size=big,
-                       head=head).eval()
-    # the base as the baselines use it: one logit channel (a subpixel J-Net's base emits more)
-    base = build_model(arch="base", variant="faithful", width=width, in_size=s).eval()
+                       head=head, **io).eval()
+    # the base as the baselines use it: C logit channels (a subpixel J-Net's base emits more)
+    base = build_model(arch="base", variant="faithful", width=width, in_size=s, **io).eval()
     # the default eval path (an affine head folds itself) against the head as trained
     unfolded = copy.deepcopy(jnet)
     unfolded.auto_fold = False
     # the floor of any model that predicts at S: the same base, no head, a fixed bilinear upsampling
     bilinear = build_model(arch="baseline", variant="faithful", width=width, in_size=s, out_size=big,
-                           train_at="output").eval()
+                           train_at="output", **io).eval()
     models = {"base": base, "folded": jnet, "unfolded": unfolded, "bilinear": bilinear}
     rows = []
     for batch in batches:
-        x = torch.randn(batch, 1, s, s)
+        x = torch.randn(batch, in_channels, s, s)
         with torch.inference_mode():
             calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
             for fn in calls.values():
@@ -85,7 +87,8 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
         rows.append({
             "s": s, "S": big, "batch": batch,
             "params_base": count_parameters(base), "params_jnet": count_parameters(jnet),
-            "macs_base": count_macs(base, (1, 1, s, s)), "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, 1, s, s)),
+            "macs_base": count_macs(base, (1, in_channels, s, s)),
+            "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, in_channels, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
             "ips_bilinear": ips["bilinear"], "ratios": ratios,
         })
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=16, help="base width n (16 = the reference)")
     parser.add_argument("--head", default="paper", choices=("paper", "subpixel"),
                         help="the J-Net head (paper: deployed folded; subpixel: as it is)")
+    parser.add_argument("--in-channels", type=int, default=1, help="image channels (2: T2 + ADC)")
+    parser.add_argument("--classes", type=int, default=1, help="logit channels C (3: prostate zones)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -134,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--sizes: {s} is not a multiple of 16 that reaches 256 or 320 by x2 steps")
     rows = []
     for s in tqdm(args.sizes, desc="sizes", file=sys.stderr):
-        rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head)
+        rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head,
+                           args.in_channels, args.classes)
     table = markdown(rows)
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
               f"median of {args.reps} repetitions after {args.warmup} warm-up calls (ratios: median "
               f"of the ratios paired within each repetition, and their range); ELU-Net "
-              f"faithful width {args.width}; head {args.head}; ratio = J-Net img/s / base img/s\n\n")
+              f"faithful width {args.width}; head {args.head}; {args.in_channels} image channel(s), "
+              f"{args.classes} logit channel(s); ratio = J-Net img/s / base img/s\n\n")
     print(header + table)
     if args.out:
         from jnet.utils.atomic import write_text

@@ -244,3 +244,22 @@ def test_bench_models_reports_paired_ratios_with_their_range(capsys):
     assert len(ratios) == 3  # default eval path, unfolded, bilinear baseline
     for median, low, high in ratios:
         assert 0 < float(low) <= float(median) <= float(high)
+
+
+def test_bench_models_takes_image_and_logit_channels(capsys):
+    """--in-channels / --classes: the models are built for them (a 3-class head writes three maps)."""
+    module = benchmark_script("bench_models")
+    args = ["--sizes", "16", "--batches", "1", "--reps", "1", "--warmup", "0", "--min-time", "0.01",
+            "--width", "4", "--head", "subpixel"]
+    assert module.main(args) == 0
+    one = capsys.readouterr().out
+    assert module.main(args + ["--in-channels", "2", "--classes", "3"]) == 0
+    three = capsys.readouterr().out
+    assert "2 image channel(s), 3 logit channel(s)" in three
+
+    def macs(out):  # (base, J-Net) MMACs of the s = 16 row
+        cells = next(line for line in out.splitlines() if line.startswith("| 16 |")).split("|")
+        return float(cells[6].split()[0]), float(cells[7].split()[0])
+
+    (base1, jnet1), (base3, jnet3) = macs(one), macs(three)
+    assert base3 >= base1 and jnet3 - base3 > 2 * (jnet1 - base1)
