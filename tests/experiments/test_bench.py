@@ -246,8 +246,9 @@ def test_bench_models_reports_paired_ratios_with_their_range(capsys):
         assert 0 < float(low) <= float(median) <= float(high)
 
 
-def test_bench_models_takes_image_and_logit_channels(capsys):
-    """--in-channels / --classes: the models are built for them (a 3-class head writes three maps)."""
+def test_bench_models_takes_image_and_logit_channels_and_the_head_width(capsys):
+    """--in-channels / --classes: the models are built for them (a 3-class head writes three maps);
+    --head-hidden: the subpixel head's hidden width."""
     module = benchmark_script("bench_models")
     args = ["--sizes", "16", "--batches", "1", "--reps", "1", "--warmup", "0", "--min-time", "0.01",
             "--width", "4", "--head", "subpixel"]
@@ -263,3 +264,6 @@ def test_bench_models_takes_image_and_logit_channels(capsys):
 
     (base1, jnet1), (base3, jnet3) = macs(one), macs(three)
     assert base3 >= base1 and jnet3 - base3 > 2 * (jnet1 - base1)
+    assert module.main(args + ["--head-hidden", "8"]) == 0
+    narrow = capsys.readouterr().out
+    assert "head subpixel (hidden 8)" in narrow and macs(narrow)[1] < jnet1
