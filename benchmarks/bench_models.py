@@ -145,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head,
                            args.in_channels, args.classes, args.head_hidden)
     table = markdown(rows)
+    head = args.head if args.head_hidden is None else f"{args.head} (hidden {args.head_hidden})"
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
               f"median of {args.reps} repetitions after {args.warmup} warm-up calls (ratios: median "
               f"of the ratios paired within each repetition, and their range); ELU-Net "
-              f"faithful width {args.width}; head {args.head}"
-              f"{'' if args.head_hidden is None else f' (hidden {args.head_hidden})'}; {args.in_channels} image channel(s), "
+              f"faithful width {args.width}; head {head}; {args.in_channels} image channel(s), "
               f"{args.classes} logit channel(s); ratio = J-Net img/s / base img/s\n\n")
     print(header + table)
     if args.out:
