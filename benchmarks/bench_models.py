@@ -9,7 +9,9 @@ each batch size (median over repetitions, after warm-up; base and J-Net timed in
 every repetition so load drift hits both), and the ratio J-Net / base images/s (1.0 = the head is
 free): the median of the ratios paired within each repetition, with their range in brackets.
 The bilinear baseline (the same base, no head, fixed bilinear upsampling to S) is timed alongside:
-what any model that writes an S x S output pays, the floor of a J-Net's ratio.
+what any model that writes an S x S output pays, the floor of a J-Net's ratio. So is the base with
+its weights laid out NCHW instead of channels last (``build_model``'s layout): what that layout
+buys (base img/s channels last / NCHW).
 
     python benchmarks/bench_models.py                       # the full table (minutes)
     python benchmarks/bench_models.py --sizes 16 --reps 3   # a quick check
@@ -68,7 +70,10 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
     # the floor of any model that predicts at S: the same base, no head, a fixed bilinear upsampling
     bilinear = build_model(arch="baseline", variant="faithful", width=width, in_size=s, out_size=big,
                            train_at="output", **io).eval()
-    models = {"base": base, "folded": jnet, "unfolded": unfolded, "bilinear": bilinear}
+    # what the factory's channels-last weights buy: the same base with its weights laid out NCHW
+    contiguous = copy.deepcopy(base).to(memory_format=torch.contiguous_format)
+    models = {"base": base, "folded": jnet, "unfolded": unfolded, "bilinear": bilinear,
+              "contiguous": contiguous}
     rows = []
     for batch in batches:
         x = torch.randn(batch, in_channels, s, s)
@@ -91,7 +96,7 @@ def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: flo
             "macs_base": count_macs(base, (1, in_channels, s, s)),
             "macs_jnet": count_macs(fold_head(jnet) if jnet.head.foldable else jnet, (1, in_channels, s, s)),
             "ips_base": ips["base"], "ips_folded": ips["folded"], "ips_unfolded": ips["unfolded"],
-            "ips_bilinear": ips["bilinear"], "ratios": ratios,
+            "ips_bilinear": ips["bilinear"], "ips_contiguous": ips["contiguous"], "ratios": ratios,
         })
     return rows
 
@@ -101,10 +106,16 @@ def _ratio(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
+def _speedup(ratios: list[float]) -> str:
+    """How much faster the base runs with channels-last weights: the inverse of its paired ratios."""
+    inverse = sorted(1 / r for r in ratios)
+    return f"{statistics.median(inverse):.2f}x ({inverse[0]:.2f}-{inverse[-1]:.2f})"
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| s | S | batch | params base | params J-Net | MACs base | MACs J-Net | base img/s "
             "| J-Net img/s (default eval path) | ratio | J-Net img/s (unfolded) | ratio unfolded "
-            "| bilinear baseline img/s | ratio |")
+            "| bilinear baseline img/s | ratio | base img/s, NCHW weights | channels last / NCHW |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ratio = r["ratios"]
@@ -113,7 +124,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['macs_base'] / 1e6:.1f} M | {r['macs_jnet'] / 1e6:.1f} M | {r['ips_base']:.0f} "
             f"| {r['ips_folded']:.0f} | {_ratio(ratio['folded'])} "
             f"| {r['ips_unfolded']:.0f} | {_ratio(ratio['unfolded'])} "
-            f"| {r['ips_bilinear']:.0f} | {_ratio(ratio['bilinear'])} |")
+            f"| {r['ips_bilinear']:.0f} | {_ratio(ratio['bilinear'])} "
+            f"| {r['ips_contiguous']:.0f} | {_speedup(ratio['contiguous'])} |")
     return "\n".join(lines)
 
 

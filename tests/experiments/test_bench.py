@@ -241,7 +241,7 @@ def test_bench_models_reports_paired_ratios_with_their_range(capsys):
                         "--min-time", "0.01", "--width", "4"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16 |"))
     ratios = re.findall(r"(\d+\.\d+)x \((\d+\.\d+)-(\d+\.\d+)\)", row)
-    assert len(ratios) == 3  # default eval path, unfolded, bilinear baseline
+    assert len(ratios) == 4  # default eval path, unfolded, bilinear baseline, channels last / NCHW
     for median, low, high in ratios:
         assert 0 < float(low) <= float(median) <= float(high)
 

@@ -155,6 +155,32 @@ def test_multiclass_three_input_channels():
     TestModelContract.check(model)
 
 
+@pytest.mark.parametrize("arch, head", [("jnet", "subpixel"), ("jnet", "paper"), ("baseline", None),
+                                        ("base", None)])
+def test_factory_lays_convolution_weights_out_channels_last(arch, head):
+    """build_model stores 4-D weights channels last (oneDNN's own layout, faster on CPU): outputs
+    equal those of the same weights laid out NCHW, and weights saved in either layout load."""
+    import copy
+
+    fields = {"arch": arch, "width": 4, "in_channels": 2, "classes": 3, "in_size": 16,
+              "out_size": 16 if arch == "base" else 64, **({"head": head} if head else {})}
+    model = build_model(**fields).eval()
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert any(not p.is_contiguous() for p in weights)
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        want = nchw(x)
+        assert torch.allclose(model(x), want, atol=1e-5)
+        loaded = build_model(**fields).eval()
+        loaded.load_state_dict(nchw.state_dict())
+        assert all(p.is_contiguous(memory_format=torch.channels_last)
+                   for p in loaded.parameters() if p.dim() == 4)
+        assert torch.allclose(loaded(x), want, atol=1e-5)
+
+
 # --- config and errors --------------------------------------------------------------------------
 
 
@@ -354,6 +380,20 @@ def test_auto_fold_follows_the_weights_and_training():
     out.sum().backward()
     assert model._auto_folded is None
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_model_built_under_inference_mode_runs_its_head_as_it_is():
+    """Weights made under torch.inference_mode have no version counter to tell an edit from: the
+    eval path runs the head unfolded (exact) instead of failing."""
+    x = torch.randn(2, 1, 16, 16)
+    with torch.inference_mode():
+        model = build_model(head="paper", width=4, in_size=16, out_size=64).eval()
+        got = model(x)
+    plain = build_model(head="paper", width=4, in_size=16, out_size=64).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.auto_fold = False
+    with torch.no_grad():
+        assert torch.equal(got, plain(x))
 
 
 def test_fold_finds_a_larger_radius():
