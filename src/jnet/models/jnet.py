@@ -338,11 +338,10 @@ def build_model(**config: Any) -> nn.Module:
         model = Baseline(base, cfg["in_size"], cfg["out_size"], cfg["train_at"] or "input",
                          cfg["classes"], cfg["in_channels"])
     model.config = cfg
-    # Convolution weights stored channels last let oneDNN run every convolution in its native layout:
-    # measured on CPU, eager inference 1.2-1.4x faster at 16-32 px input, 1.7-2.2x at 64-128 px,
-    # and a training step about 5% (benchmarks/bench_models.py, docs/models.md). Results are the
-    # same to float rounding; load_state_dict copies into these weights, so checkpoints of either
-    # layout load.
+    # Convolution weights stored channels last let oneDNN run every convolution in its own layout:
+    # on CPU, eager inference 1.25-1.4x faster at 16-32 px input and 1.4-2.3x at 64-160 px, a
+    # training step 1.1x (docs/models.md). Results are the same to float rounding;
+    # load_state_dict copies into these weights, so checkpoints of either layout load.
     return model.to(memory_format=torch.channels_last)
 
 
