@@ -87,6 +87,31 @@ def test_export_matches_pytorch_and_round_trips_metadata(tmp_path, arch, options
     np.testing.assert_allclose(ort_run(out, x), want, rtol=1e-3, atol=1e-4)
 
 
+def test_onnx_runtime_on_cpu_caps_the_pixels_per_call(tmp_path):
+    """Large inputs run 2-3x slower per image on ONNX Runtime's CPU provider in large batches:
+    predict() splits a batch so that no call holds more than ORT_CPU_BATCH_PIXELS input pixels,
+    with the same logits."""
+    from jnet.deploy.runtime import ORT_CPU_BATCH_PIXELS, Predictor
+
+    model = tiny("base")
+    out = tmp_path / "model.onnx"
+    export_onnx((model, info_for()), out)
+    predictor = Predictor.from_path(out)
+    assert predictor.batch_pixels == ORT_CPU_BATCH_PIXELS
+    assert ORT_CPU_BATCH_PIXELS // 256 ** 2 == 4  # 256x256 inputs: four per call
+    x = np.random.default_rng(0).standard_normal((5, 2, SMALL, SMALL)).astype(np.float32)
+    want = predictor.predict(x)
+    calls, run = [], predictor._run
+    predictor._run = lambda chunk: calls.append(len(chunk)) or run(chunk)
+    predictor.batch_pixels = 2 * SMALL ** 2
+    np.testing.assert_allclose(predictor.predict(x, batch_size=16), want, rtol=1e-6, atol=1e-6)
+    assert calls == [2, 2, 1]
+    calls.clear()
+    predictor.batch_pixels = SMALL ** 2 // 2  # fewer than one image: still one image per call
+    predictor.predict(x[:2])
+    assert calls == [1, 1]
+
+
 def test_explicit_padding_replaces_same_padding():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Conv2d(2, 1, (5, 3), padding="same")).eval()
     graph = onnx_bytes(model, 1, SMALL, opset=13)
