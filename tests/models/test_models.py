@@ -173,6 +173,10 @@ def test_factory_lays_convolution_weights_out_channels_last(arch, head):
     x = torch.randn(2, 2, 16, 16)
     with torch.no_grad():
         want = nchw(x)
+        assert model(x).is_contiguous()  # outputs stay NCHW (3 classes: the layouts differ)
+        model.auto_fold = False
+        assert model(x).is_contiguous()
+        model.auto_fold = True
         assert torch.allclose(model(x), want, atol=1e-5)
         loaded = build_model(**fields).eval()
         loaded.load_state_dict(nchw.state_dict())

@@ -120,7 +120,7 @@ class JNet(nn.Module):
         folded = self._fold_for_inference()
         if folded is not None:
             return folded(out)
-        return self.head(out, x)[-1]
+        return self.head(out, x)[-1].contiguous()  # NCHW, whatever the weights' layout
 
     def train(self, mode: bool = True) -> "JNet":
         self._auto_folded = self._head_modules = None  # training changes the weights: fold again
@@ -190,7 +190,7 @@ class Baseline(nn.Module):
             return [logits]
         if self.out_size != self.in_size:
             logits = upsample_bilinear(logits, self.out_size)
-        return [logits] if self.training else logits
+        return [logits] if self.training else logits.contiguous()  # NCHW, whatever the weights' layout
 
 
 # --- the factory --------------------------------------------------------------------------------
