@@ -339,7 +339,7 @@ def build_model(**config: Any) -> nn.Module:
                          cfg["classes"], cfg["in_channels"])
     model.config = cfg
     # Convolution weights stored channels last let oneDNN run every convolution in its own layout:
-    # on CPU, eager inference 1.25-1.4x faster at 16-32 px input and 1.4-2.3x at 64-160 px, a
+    # on CPU, eager inference 1.2-1.6x faster at 16-32 px input and 1.4-2.3x at 64-160 px, a
     # training step 1.1x (docs/models.md). Results are the same to float rounding;
     # load_state_dict copies into these weights, so checkpoints of either layout load.
     return model.to(memory_format=torch.channels_last)
