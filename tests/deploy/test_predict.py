@@ -372,3 +372,37 @@ def test_png_masks_come_back_in_the_files_own_values(png_dir, tmp_path):
     assert np.unique(mask).tolist() == [255]
     from jnet.transforms.tasks import decode_label
     assert decode_label(np.array([0, 1]), task).tolist() == [0, 255]
+
+
+def test_decode_label_returns_the_smallest_dtype_and_skips_an_identity_table():
+    from jnet.transforms.tasks import decode_label
+
+    codes = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    same = decode_label(codes, BINARY)  # values 0/1 are the codes: nothing to look up
+    assert same.dtype == np.uint8 and same.tolist() == codes.tolist()
+    regions = decode_label(np.arange(8, dtype=np.uint8), REGIONS)
+    assert regions.dtype == np.uint8 and regions.tolist() == [0, 2, 1, 1, 4, 4, 4, 4]
+    big = dict(BINARY, labels={"prostate": [300]})
+    assert decode_label(codes, big).dtype == np.int16 and decode_label(codes, big).max() == 300
+
+
+def test_label_counts_match_numpy_unique():
+    from jnet.deploy.predict import label_counts
+
+    labels = np.asfortranarray(np.random.default_rng(0).choice([0, 1, 2, 4], (12, 10, 6)).astype(np.uint8))
+    values, counts = np.unique(labels, return_counts=True)
+    assert label_counts(labels, REGIONS) == {str(v): int(c) for v, c in zip(values, counts)}
+    assert label_counts(np.zeros((4, 4, 2), np.uint8), BINARY) == {"0": 32}  # absent values left out
+
+
+def test_written_mask_is_the_same_file_in_either_memory_order(tmp_path):
+    from jnet.deploy.writers import write_nifti
+
+    labels = np.random.default_rng(0).integers(0, 3, (11, 9, 4)).astype(np.uint8)
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    write_nifti(tmp_path / "c.nii.gz", labels, affine, None)
+    write_nifti(tmp_path / "f.nii.gz", np.asfortranarray(labels), affine, None)
+    a, b = nib.load(tmp_path / "c.nii.gz"), nib.load(tmp_path / "f.nii.gz")
+    np.testing.assert_array_equal(np.asarray(a.dataobj), labels)
+    np.testing.assert_array_equal(np.asarray(b.dataobj), labels)
+    assert (tmp_path / "c.nii.gz").read_bytes() == (tmp_path / "f.nii.gz").read_bytes()

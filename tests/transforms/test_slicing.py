@@ -150,6 +150,18 @@ def test_probability_round_trip_keeps_axes_and_channels(axis):
     np.testing.assert_allclose(back, image, atol=1e-5)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_label_volume_in_fortran_order_is_the_same_volume(axis):
+    """fortran=True changes the memory order only (NIfTI's, for a copy-free write), never a voxel."""
+    shape = (9, 7, 5)
+    n = shape[axis]
+    pred = np.random.default_rng(axis).integers(0, 4, (n, 6, 8)).astype(np.uint8)
+    plain = slices_to_volume(pred, axis, shape)
+    laid = slices_to_volume(pred, axis, shape, fortran=True)
+    assert laid.flags["F_CONTIGUOUS"] and laid.dtype == np.uint8
+    np.testing.assert_array_equal(laid, plain)
+
+
 def test_slices_to_volume_checks_slice_count():
     with pytest.raises(DataError, match="3 slices"):
         slices_to_volume(np.zeros((3, 8, 8), np.uint8), 2, (4, 4, 5))

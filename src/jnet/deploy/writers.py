@@ -2,7 +2,6 @@
 header) or PNG, and an overlay PNG of the most covered slice."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from jnet.deploy.runtime import ModelMeta
 from jnet.utils.atomic import atomic_write
+from jnet.utils.gz import gzip_bytes
 
 OVERLAY_MIN_SIDE = 256  # small images are enlarged (nearest) so the overlay stays readable
 
@@ -29,7 +29,7 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, header: Any | 
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
         # level 1: masks are mostly zeros and compress well anyway; higher levels only cost time
-        payload = gzip.compress(payload, compresslevel=1, mtime=0)
+        payload = gzip_bytes(payload, level=1)
     with atomic_write(path, "wb") as f:
         f.write(payload)
 

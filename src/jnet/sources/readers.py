@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from jnet.errors import DataError
+from jnet.utils.gz import gunzip
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,16 +118,6 @@ def sniff(path: Path) -> None:
     elif name.endswith(".png"):
         if not head.startswith(PNG_SIGNATURE):
             raise DataError(f"{path}: not a PNG file: the PNG signature is missing, found {head.hex(' ')}")
-
-
-def gunzip(data: bytes) -> bytes:
-    """Decompress a whole gzip stream: with ISA-L (python-isal, 2-3x zlib's speed) when installed,
-    else the standard library. A truncated stream raises EOFError, a corrupt one OSError."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.decompress(data)
-    return igzip.decompress(data)
 
 
 def _load_whole(path: Path):

@@ -165,7 +165,7 @@ def label_to_slices(label: ArrayT, axis: int, size: int) -> ArrayT:
     return _nearest_plane(moved, (size, size))
 
 
-def slices_to_volume(pred: ArrayT, axis: int, shape: Sequence[int]) -> ArrayT:
+def slices_to_volume(pred: ArrayT, axis: int, shape: Sequence[int], *, fortran: bool = False) -> ArrayT:
     """Map slice predictions on the ``S x S`` grid back to the volume's voxel grid.
 
     Inverse of :func:`label_to_slices` / :func:`image_to_slices`: a label map (integer or bool)
@@ -176,6 +176,9 @@ def slices_to_volume(pred: ArrayT, axis: int, shape: Sequence[int]) -> ArrayT:
         pred: ``(n, S, S)`` integer/bool labels or ``(n, C, S, S)`` float probabilities.
         axis: the axis the volume was sliced along.
         shape: the volume's spatial shape ``(X, Y, Z)``; ``shape[axis]`` must equal ``n``.
+        fortran: (numpy labels) lay the volume out first axis fastest, NIfTI's voxel order, so
+            that writing it is a plain copy (a transposing copy of a uint8 volume costs more
+            than the resampling).
     Returns:
         Same type as ``pred``: labels ``(X, Y, Z)`` of ``pred``'s dtype, or probabilities
         ``(C, X, Y, Z)`` float32.
@@ -197,8 +200,14 @@ def slices_to_volume(pred: ArrayT, axis: int, shape: Sequence[int]) -> ArrayT:
     if not floating:
         if pred.ndim != 3:
             raise DataError(f"prediction: expected label slices (n, S, S), found {tuple(pred.shape)}")
+        if fortran and is_numpy and axis == 2:  # gathered in reversed axis order: (Z, Y, X)
+            rows, cols = nearest_index(pred.shape[1], plane[0]), nearest_index(pred.shape[2], plane[1])
+            return np.take(np.take(pred, cols, axis=2).swapaxes(1, 2), rows, axis=2).T
         planes = _nearest_plane(pred, plane)
-        return np.moveaxis(planes, 0, axis) if is_numpy else planes.movedim(0, axis)
+        if not is_numpy:
+            return planes.movedim(0, axis)
+        volume = np.moveaxis(planes, 0, axis)
+        return np.asfortranarray(volume) if fortran else volume
     if pred.ndim != 4:
         raise DataError(f"prediction: expected probabilities (n, C, S, S), found {tuple(pred.shape)}")
     planes = resize_plane(torch.as_tensor(pred).float(), plane)  # (n, C, A, B)

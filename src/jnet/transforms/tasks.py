@@ -104,6 +104,13 @@ def encode_label(label, task: dict):
     return out
 
 
+def code_count(task: dict) -> int:
+    """How many cached-label codes a prediction of ``task`` can hold: 0/1 (binary), a class index
+    (multiclass), or any set of region bits (regions)."""
+    kind, names = check_kind(task["kind"]), task["names"]
+    return 2 if kind == "binary" else len(names) if kind == "multiclass" else 1 << len(names)
+
+
 def decode_label(encoded, task: dict):
     """Inverse of encode_label for writing masks in the dataset's own label values.
 
@@ -116,6 +123,10 @@ def decode_label(encoded, task: dict):
 
     A task prepared with a label map (``--label-map 0:0,255:1``) carries ``file_values`` and is
     written back in the files' own values (0/255).
+
+    Returns ``uint8`` where every value of the task fits (else ``int16``/``int32``), and
+    ``encoded`` itself (as uint8) where the values are the codes (the usual binary 0/1 and
+    multiclass 0..C-1 tasks): nothing to look up.
     """
     import numpy as np
 
@@ -139,7 +150,13 @@ def decode_label(encoded, task: dict):
         for mapped, raw in back.items():
             lookup[int(mapped)] = raw
         table = lookup[table].astype(np.int32 if max(back.values()) > 32767 else np.int16)
-    return np.take(table, np.asarray(encoded, dtype=np.uint8))
+    encoded = np.asarray(encoded, dtype=np.uint8)
+    if table.min() >= 0 and table.max() <= 255:
+        table = table.astype(np.uint8)
+    reachable = code_count(task)
+    if table.dtype == np.uint8 and np.array_equal(table[:reachable], codes[:reachable]):
+        return encoded
+    return np.take(table, encoded)
 
 
 def region_order(task: dict) -> list[tuple[int, int]]:
