@@ -155,23 +155,25 @@ def check_volume(image: np.ndarray, meta: ModelMeta, source: str) -> None:
 
 def preprocess(image: np.ndarray, affine: np.ndarray, meta: ModelMeta,
                source: str = "image") -> tuple[np.ndarray, int]:
-    """The training preprocessing: slice axis, normalisation, ``S`` grid, low-resolution input.
+    """The training preprocessing: slice axis, normalisation, ``S`` grid, low-resolution input
+    (for a model whose input is smaller than ``S``, computed directly: :mod:`jnet.transforms.direct`).
 
     Returns:
         ``(inputs, axis)``. Shape: ``image (C, X, Y, Z)`` -> ``inputs (n, C, s, s)`` float32.
     """
-    import torch
-
-    from jnet.transforms import lowres
+    from jnet.transforms import direct
     from jnet.transforms import slicing as pre
 
     method = (meta.normalisation or {}).get("method", pre.NORMALISATION["method"])
     if method != pre.NORMALISATION["method"]:
         raise DataError(f"{source}: the model was trained with normalisation {method!r}; this jnet "
                         f"implements {pre.NORMALISATION['method']!r} only")
-    slices, axis = pre.image_slices(image, affine, meta.size, name=source)
-    low = lowres.downsample(torch.from_numpy(slices), meta.in_size, mode=str(meta.downsample))
-    return np.ascontiguousarray(low.numpy(), dtype=np.float32), axis
+    if meta.in_size < meta.size:
+        low, axis = direct.lowres_input(image, affine, meta.size, meta.in_size, str(meta.downsample),
+                                        name=source)
+    else:  # normalise writes C order: from a file's Fortran order one copy first is faster
+        low, axis = pre.image_slices(np.ascontiguousarray(image), affine, meta.size, name=source)
+    return np.ascontiguousarray(low, dtype=np.float32), axis
 
 
 def postprocess(logits: np.ndarray, axis: int, shape: Sequence[int], meta: ModelMeta,
@@ -221,7 +223,7 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
     """Predict one input and write its outputs; return its JSON record (timings in seconds).
 
     If writing fails part-way, the outputs of this input already written are removed."""
-    import jnet.transforms.lowres  # noqa: F401 - imported before the clock starts: time work, not imports
+    import jnet.transforms.direct  # noqa: F401 - imported before the clock starts: time work, not imports
     import jnet.transforms.slicing  # noqa: F401
     import jnet.transforms.tasks  # noqa: F401
 
