@@ -175,6 +175,24 @@ def test_png_slice_in_png_mask_out(tmp_path):
     assert record["slices"] == 1
 
 
+def test_default_batch_sends_a_volume_in_one_call_within_the_pixel_caps(models, monkeypatch):
+    from jnet.deploy import runtime
+
+    predictor = Predictor.from_model(make_model(), info_for(REGIONS, ("T2", "ADC")))
+    x = np.random.default_rng(0).standard_normal((30, 2, SMALL, SMALL)).astype(np.float32)
+    calls, run = [], predictor._run
+    predictor._run = lambda chunk: calls.append(len(chunk)) or run(chunk)
+    want = predictor.predict(x)
+    assert calls == [30]  # 30 slices of 16x16 -> 3 x 64x64: far below both caps
+    calls.clear()
+    np.testing.assert_allclose(predictor.predict(x, batch_size=8), want, rtol=1e-5, atol=1e-5)
+    assert calls == [8, 8, 8, 6]
+    calls.clear()
+    monkeypatch.setattr(runtime, "AUTO_BATCH_OUTPUT_VALUES", 12 * 3 * S * S)  # 12 slices' outputs
+    np.testing.assert_allclose(predictor.predict(x), want, rtol=1e-5, atol=1e-5)
+    assert calls == [12, 12, 6]
+
+
 def test_existing_outputs_are_kept_without_overwrite(models, tmp_path):
     predictor, _ = models
     src = write_volume(tmp_path / "a.nii.gz")

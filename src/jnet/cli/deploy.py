@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "them names them (e.g. an MSD image outside its task folder)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.add_argument("--probabilities", action="store_true", help="also write probability maps")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="slices per model call")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="slices per model call (default: as many as 16 256x256 inputs' or 64 256x256 "
+                        "outputs' worth, so a volume usually goes in one call)")
     p.add_argument("--threads", type=int, default=None, metavar="T", help="intra-op threads")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--allow-no-metadata", action="store_true",
@@ -128,7 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from jnet.errors import ConfigError
     from jnet.deploy.predict import predict_paths, summary_lines
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
     inputs = [*args.inputs, *args.more_inputs]
     if not inputs:

@@ -218,7 +218,7 @@ def _header(item: Item) -> Any | None:
 
 
 def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
-                 batch_size: int = 16, write: bool = True,
+                 batch_size: int | None = None, write: bool = True,
                  file_channels: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict one input and write its outputs; return its JSON record (timings in seconds).
 
@@ -310,7 +310,7 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
 
 def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | os.PathLike],
                   out: str | os.PathLike, *, overlay: bool = False, probabilities: bool = False,
-                  overwrite: bool = False, batch_size: int = 16, allow_no_metadata: bool = False,
+                  overwrite: bool = False, batch_size: int | None = None, allow_no_metadata: bool = False,
                   trust_pickle: bool = False, threads: int | None = None, verify: bool = True,
                   file_channels: Sequence[str] | None = None,
                   echo: Any = None) -> list[dict[str, Any]]:
@@ -326,7 +326,7 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
             inputs: ``NAME_prob.npy`` ``(classes, H, W)``).
         overwrite: replace existing outputs (otherwise any existing output is an error, raised
             before anything runs).
-        batch_size: slices per model call.
+        batch_size: slices per model call (default: ``Predictor.auto_batch_size``).
         allow_no_metadata: accept an .onnx file without jnet metadata.
         trust_pickle: load an old pickled checkpoint.
         verify: check the model file's recorded SHA-256 first.

@@ -382,7 +382,7 @@ def measure_onnx(model: str | os.PathLike | bytes, shape: Sequence[int], *, batc
 
 
 def bench_end_to_end(predictor: Any, volume: Path, reps: int, warmup: int,
-                     batch_size: int = 16) -> dict[str, Any]:
+                     batch_size: int | None = None) -> dict[str, Any]:
     """Median seconds per stage of predicting ``volume`` (mask written to a temporary folder)."""
     from jnet.deploy.predict import STAGES, Item, predict_item
 
@@ -489,7 +489,7 @@ def _run(models, backends, batches, sizes, volume, reps, warmup, threads, calib,
         row["batches"] = timed[key]
         if volume:
             row["end_to_end"] = bench_end_to_end(predictors[key], Path(volume), min(reps, 5),
-                                                 min(warmup, 1), batch_size=max(batches))
+                                                 min(warmup, 1))  # as jnet predict batches
     return {"environment": environment(threads), "rows": rows, "skipped": skipped,
             "settings": {"reps": reps, "warmup": warmup, "batches": list(batches),
                          "backends": list(backends), "volume": str(volume) if volume else None,
