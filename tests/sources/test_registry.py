@@ -105,6 +105,26 @@ def test_int16_nifti_with_scaling_is_loaded_as_float(tmp_path):
     np.testing.assert_array_equal(loaded.image[0], np.arange(24).reshape(2, 3, 4) * 2.0 + 10.0)
 
 
+@pytest.mark.parametrize("dtype, slope, inter", [
+    (np.int16, 0.37, -12.5), (np.uint8, 1.0, 0.0), (np.float64, 1.0, 3.0), (np.float32, 2.0, 0.0),
+    (np.int16, np.nan, np.nan),  # no scaling stored
+])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_images_read_as_nibabel_scales_them_in_file_order(tmp_path, dtype, slope, inter, suffix):
+    from jnet.sources.readers import read_nifti
+
+    values = np.random.default_rng(0).integers(0, 200, (7, 5, 3)).astype(dtype)
+    img = nib.Nifti1Image(values, np.eye(4))
+    img.header.set_slope_inter(slope, inter)
+    path = tmp_path / f"v{suffix}"
+    nib.save(img, path)
+    data, _ = read_nifti(path)
+    want = nib.load(path).get_fdata(dtype=np.float64)
+    assert data.dtype == np.float32 and data.flags.f_contiguous and data.flags.writeable
+    np.testing.assert_allclose(data, want, rtol=1e-6)
+    assert (slope != slope) or np.allclose(want, values * slope + inter)  # the scaling was applied
+
+
 # --------------------------------------------------------------------------- BraTS
 
 
