@@ -375,8 +375,13 @@ def predict_paths(model: Predictor | str | os.PathLike, inputs: Sequence[str | o
 
 def summary_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     """One line per input: ``ok  INPUT -> MASK`` or ``failed  INPUT: why``, and a count."""
-    lines = [f"ok      {r['input']} -> {r['outputs']['mask']}" if r["status"] == "ok"
-             else f"failed  {r['input']}: {r['error']}" for r in records]
+    def failure(r: dict[str, Any]) -> str:
+        # errors name their file already ("a.nii.gz: not a NIfTI/gzip file ..."): not twice
+        why = r["error"]
+        return f"failed  {why}" if why.startswith(f"{r['input']}:") else f"failed  {r['input']}: {why}"
+
+    lines = [f"ok      {r['input']} -> {r['outputs']['mask']}" if r["status"] == "ok" else failure(r)
+             for r in records]
     failed = sum(r["status"] != "ok" for r in records)
     lines.append(f"{len(records) - failed} of {len(records)} input(s) predicted"
                  + (f", {failed} failed" if failed else ""))
