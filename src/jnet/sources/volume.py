@@ -88,8 +88,7 @@ def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = N
         image, names = image[keep], tuple(names[i] for i in keep)
     elif not names and channels is not None and len(channels) == len(paths):
         names = tuple(channels)
-    # the file's voxel order (Fortran for NIfTI): the input chain reads any order, a copy costs 4 ms
-    return LoadedCase(image, None, affine, spacing_of(affine), tuple(names))
+    return LoadedCase(image, None, affine, spacing_of(affine), tuple(names))  # any order: see load_volume
 
 
 def _manifest_channel_names(path: Path, count: int, key: str) -> tuple[str, ...]:
