@@ -60,6 +60,14 @@ def test_a_file_in_nifti_order_and_a_plane_that_grows(background):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
 
 
+def test_other_dtypes_are_read_as_float32():
+    image = volume((20, 12, 6), background=True)
+    want, _ = lowres_input(image, AXIS_AFFINES[2], 16, 4, "area")
+    got, _ = lowres_input(image.astype(np.float64), AXIS_AFFINES[2], 16, 4, "area")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_axis_operator_keeps_constants():
     op = axis_operator(37, 24, 6, "gaussian")
     assert op.shape == (6, 37)

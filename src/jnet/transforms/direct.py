@@ -82,7 +82,7 @@ def lowres_input(image: np.ndarray, affine: np.ndarray, size: int, in_size: int,
     without the ``S x S`` slices.
 
     Args:
-        image: one volume, float32, any memory order.
+        image: one volume (float32; other dtypes are converted), any memory order.
         affine: its voxel-to-world matrix (picks the slice axis).
         size: the ``S`` grid of the cache the model was trained on.
         in_size: the model's input side ``s``.
@@ -97,8 +97,8 @@ def lowres_input(image: np.ndarray, affine: np.ndarray, size: int, in_size: int,
     axis = pre.slice_axis(affine)
     out = []
     for c in range(image.shape[0]):
-        x = image[c]
-        flat = np.ascontiguousarray(x.transpose(_memory_order(x))).reshape(-1)  # a view, no copy
+        x = np.asarray(image[c], dtype=np.float32)
+        flat = np.ascontiguousarray(x.transpose(_memory_order(x))).reshape(-1)  # a view for C or F order
         count = flat.size - int(np.count_nonzero(flat == 0))  # 3x faster than counting floats
         # float64 sums, so the variance from the raw moments keeps float32's precision
         total = float(flat.sum(dtype=np.float64))
