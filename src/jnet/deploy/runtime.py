@@ -183,8 +183,8 @@ ORT_CPU_BATCH_PIXELS = 4 * 256 * 256
 #: Slices per model call when the caller does not say: as many as keep one call within this many
 #: input pixels and output values (16 slices of a network at 256x256, 64 of a J-Net's binary
 #: 256x256 output), so that a volume's slices usually go in one call: each call costs eager PyTorch
-#: a few ms on top of its work (J-Net-16, 20 slices, 2 threads: 19 ms in one call, 28 ms in calls
-#: of 16 and 4).
+#: a few ms on top of its work (J-Net-16, 20 slices, 2 threads: 20-21 ms in one call, 28-30 ms in
+#: calls of 16 and 4; benchmarks/bench_deploy.py).
 AUTO_BATCH_INPUT_PIXELS = 16 * 256 * 256
 AUTO_BATCH_OUTPUT_VALUES = 64 * 256 * 256
 
