@@ -11,8 +11,9 @@ mean ``m`` and standard deviation ``sd`` over ``M``:
 
 which :func:`lowres_input` computes with one matrix product over the whole volume in the file's own
 memory order and a small one on its result, instead of writing the normalised volume and its
-``S x S`` slices (on a 320 x 320 x 20 volume: 4 ms instead of 13, and the copy into C order that
-the definition's normalisation wants, 4 more, is not needed). The result equals the
+``S x S`` slices (on a 320 x 320 x 20 volume, ``benchmarks/bench_deploy.py``'s preprocess stage
+went from 12.8 to 4.4-5.7 ms, and the copy into C order that the definition's normalisation wants
+is not needed). The result equals the
 definition to float32 rounding (tested); channels it cannot treat so (non-finite values, constant or
 empty channels) go through the definition, which raises or warns as it always does.
 """
