@@ -267,3 +267,14 @@ def test_bench_models_takes_image_and_logit_channels_and_the_head_width(capsys):
     assert module.main(args + ["--head-hidden", "8"]) == 0
     narrow = capsys.readouterr().out
     assert "head subpixel (hidden 8)" in narrow and macs(narrow)[1] < jnet1
+
+
+def test_bench_nifti_reads_every_stored_form_as_nibabel_does(capsys):
+    """benchmarks/bench_nifti.py: one row per stored form and compression; the readers agree
+    (the script checks the values before timing them)."""
+    module = benchmark_script("bench_nifti")
+    assert module.main(["--shape", "12", "10", "4", "--reps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| int16")
+            or line.startswith("| float32")]
+    assert len(rows) == 2 * len(module.FORMS)
+    assert all(float(row.split("|")[5].strip().rstrip("x")) > 0 for row in rows)
