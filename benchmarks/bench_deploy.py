@@ -141,7 +141,7 @@ def goals_table(rows, gate, model_name, base_name) -> str:
             b["total_ms"] / j["total_ms"] if j and b else None, "(info)", True)
     for backend in ("onnxruntime", "int8"):
         for key, what in (("end_to_end", "the volume"), ("end_to_end_uncompressed", "uncompressed (.nii)")):
-            j = next((r.get(key) for r in rows if r["model"] == model_name and r["backend"] == backend), None)
+            j = e2e(model_name, backend, key)
             if j:
                 split = ", ".join(f"{k} {v:.1f}" for k, v in j["stages_ms"].items())
                 lines.append(f"\nJ-Net-16 end to end ({backend}), {what}: {j['total_ms']:.0f} ms ({split} ms)")
