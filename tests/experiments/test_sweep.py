@@ -89,10 +89,31 @@ def test_csv_round_trip_and_plots(tmp_path):
     agg = report.aggregate(back)
     report.plot_quality_vs_size(agg, tmp_path / "q.png")
     report.plot_pareto(agg, tmp_path / "p.png")
-    samples = [{"low-res input": np.random.rand(16, 16), "ground truth": np.eye(64, dtype=np.uint8),
-                "image": None, "label": "case"}]
-    report.plot_samples(samples, ["low-res input", "ground truth"], tmp_path / "s.png")
-    assert all(_is_png(tmp_path / f) for f in ("q.png", "p.png", "s.png"))
+    assert all(_is_png(tmp_path / f) for f in ("q.png", "p.png"))
+
+
+def test_sample_figure_draws_each_model_on_the_high_res_image(tmp_path):
+    from PIL import Image
+
+    from jnet.evaluation.overlays import save_comparison
+
+    yy, xx = np.mgrid[:64, :64]
+    gt = ((yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2)[None]
+    row = {"label": "case_0 slice 3", "image": np.random.rand(1, 16, 16), "high_res": np.random.rand(1, 64, 64),
+           "gt": gt, "preds": {"bilinear": np.roll(gt, 4, axis=-1), "jnet": np.zeros_like(gt)},
+           "jaccard": {"bilinear": 0.8, "jnet": 0.0}}
+    sizes = {}
+    for models in (["bilinear"], ["bilinear", "jnet"]):
+        path = save_comparison(tmp_path / f"{len(models)}.png", [row, row], models, ["gland"])
+        with Image.open(path) as im:
+            sizes[len(models)] = im.size
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        # the structure's colour (tab10 orange) is drawn: the contours are there
+        assert (np.abs(rgb - [255, 127, 14]).sum(-1) < 60).sum() > 50
+    assert sizes[2][0] > sizes[1][0] and sizes[2][1] == sizes[1][1]  # one column more per model
+    assert not list(tmp_path.glob(".*"))  # written atomically: no temporary file left
+    with pytest.raises(ValueError, match="no rows"):
+        save_comparison(tmp_path / "none.png", [], ["jnet"], ["gland"])
 
 
 # --- the grid -----------------------------------------------------------------------------------

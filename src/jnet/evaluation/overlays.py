@@ -99,42 +99,115 @@ def save_overlay(
     view = radiological(affine, axis)
     low = view(np.asarray(image, dtype=np.float32)[0])
     high = view(np.asarray(high_res, dtype=np.float32)[0]) if high_res is not None else low
-    pred, gt = view(np.asarray(pred, dtype=bool)), view(np.asarray(gt, dtype=bool))
-    size = pred.shape[-1]
-
-    def window(a: np.ndarray) -> tuple[float, float]:
-        finite = a[np.isfinite(a)]
-        return tuple(np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
-
-    fig = Figure(figsize=(8.6, 4.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure((8.6, 4.6))
     ax_low, ax_high = fig.subplots(1, 2)
-    s = low.shape[-1]
     channel = f" ({channel_name})" if channel_name else ""
-    ax_low.imshow(low, cmap="gray", vmin=window(low)[0], vmax=window(low)[1], interpolation="nearest")
-    ax_low.set_title(f"model input {s}x{s}{channel}", fontsize=10)
-    ax_high.imshow(high, cmap="gray", vmin=window(high)[0], vmax=window(high)[1], interpolation="nearest",
-                   extent=(0, size, size, 0))
-    _contours(ax_high, gt, size, "dashed")
-    _contours(ax_high, pred, size, "solid")
+    _image(ax_low, low, f"model input {low.shape[-1]}x{low.shape[-1]}{channel}")
+    size = _panel(ax_high, high, view(np.asarray(pred, dtype=bool)), view(np.asarray(gt, dtype=bool)), view)
     ax_high.set_title(f"{size}x{size}: prediction (solid), ground truth (dashed)", fontsize=10)
+    _legend(fig, names)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.09, wspace=0.04)
+    return _save(fig, path)
+
+
+def save_comparison(path: str | os.PathLike, rows: Sequence[dict], models: Sequence[str],
+                    names: Sequence[str], *, title: str = "") -> Path:
+    """Write a PNG atomically that compares models on the same slices: one row per slice, the
+    model input first, then one panel per model with its prediction (solid) and the ground truth
+    (dashed) contoured on the high-resolution image, titled with the slice's Jaccard.
+
+    Args:
+        path: the PNG to write.
+        rows: one dict per slice: ``label`` (row name), ``image`` (the model input), ``high_res``,
+            ``gt``, ``preds`` (model name -> masks), ``jaccard`` (model name -> the slice's mean
+            Jaccard over structures), and optionally ``affine`` and ``axis`` (orientation).
+        models: the models to show, in column order (keys of each row's ``preds``).
+        names: structure names, one per mask (legend).
+        title: figure title.
+
+    Returns:
+        The path written.
+
+    Shape: ``image (C, s, s)``, ``high_res (C, S, S)``, ``gt`` and each prediction ``(K, S, S)`` bool.
+    """
+    if not rows:
+        raise ValueError("save_comparison: no rows to draw")
+    fig = _figure((2.6 * (len(models) + 1), 2.75 * len(rows) + 0.5))
+    axes = fig.subplots(len(rows), len(models) + 1, squeeze=False)
+    for r, row in enumerate(rows):
+        view = radiological(row.get("affine"), int(row.get("axis", 2)))
+        low = view(np.asarray(row["image"], dtype=np.float32)[0])
+        _image(axes[r][0], low, "")
+        if r == 0:
+            axes[r][0].set_title(f"model input {low.shape[-1]}x{low.shape[-1]}", fontsize=8)
+        axes[r][0].text(-0.04, 0.5, row.get("label", ""), transform=axes[r][0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize=8)
+        high = view(np.asarray(row["high_res"], dtype=np.float32)[0])
+        gt = view(np.asarray(row["gt"], dtype=bool))
+        for c, model in enumerate(models, start=1):
+            _panel(axes[r][c], high, view(np.asarray(row["preds"][model], dtype=bool)), gt, view)
+            axes[r][c].set_title(f"{model}: Jaccard {row['jaccard'][model]:.2f}", fontsize=8)
+    _legend(fig, names)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0.02, 0.05, 1, 0.95 if title else 1))
+    return _save(fig, path)
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _window(a: np.ndarray) -> tuple[float, float]:
+    """The 1st-99th percentile grey window (robust to a few bright voxels)."""
+    finite = a[np.isfinite(a)]
+    return tuple(np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
+
+
+def _image(ax, a: np.ndarray, title: str, size: int | None = None) -> None:
+    lo, hi = _window(a)
+    extent = (0, size, size, 0) if size else None
+    ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _panel(ax, high: np.ndarray, pred: np.ndarray, gt: np.ndarray, view) -> int:
+    """The high-resolution image with the ground truth (dashed) and the prediction (solid)
+    contoured, a banner where nothing is predicted, and the patient's sides; returns S."""
+    size = pred.shape[-1]
+    _image(ax, high, "", size)
+    _contours(ax, gt, size, "dashed")
+    _contours(ax, pred, size, "solid")
     if not pred.any():
-        ax_high.text(0.5, 0.04, "no foreground predicted", transform=ax_high.transAxes, ha="center",
-                     va="bottom", color="white", fontsize=10,
-                     bbox={"facecolor": "#d62728", "alpha": 0.8, "edgecolor": "none"})
-    for ax in (ax_low, ax_high):
-        ax.set_axis_off()
+        ax.text(0.5, 0.04, "no foreground predicted", transform=ax.transAxes, ha="center",
+                va="bottom", color="white", fontsize=9,
+                bbox={"facecolor": "#d62728", "alpha": 0.8, "edgecolor": "none"})
     if view.edges:  # the radiological convention, said on the image
         left, right = view.edges
-        ax_high.text(0.01, 0.5, left, transform=ax_high.transAxes, color="yellow", fontsize=9, va="center")
-        ax_high.text(0.97, 0.5, right, transform=ax_high.transAxes, color="yellow", fontsize=9, va="center")
+        ax.text(0.01, 0.5, left, transform=ax.transAxes, color="yellow", fontsize=8, va="center")
+        ax.text(0.97, 0.5, right, transform=ax.transAxes, color="yellow", fontsize=8, va="center")
+    return size
+
+
+def _legend(fig, names: Sequence[str]) -> None:
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color=COLOURS[k % len(COLOURS)], label=name) for k, name in enumerate(names)]
     handles += [Line2D([], [], color="gray", label="prediction"),
                 Line2D([], [], color="gray", linestyle="dashed", label="ground truth")]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.09, wspace=0.04)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -215,37 +215,6 @@ def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "imag
     save_png(fig, path)
 
 
-def plot_samples(samples: Sequence[dict], columns: Sequence[str], path: str | Path) -> None:
-    """A grid of sample cases: one row per sample, one column per entry of ``columns``.
-
-    Each sample maps a column title to a 2D array (image or mask); masks are drawn in colour over
-    the row's ``"image"`` entry when present.
-    """
-    plt = pyplot()
-    fig, axes = plt.subplots(len(samples), len(columns), figsize=(2.2 * len(columns), 2.2 * len(samples)),
-                             squeeze=False)
-    for r, sample in enumerate(samples):
-        for c, title in enumerate(columns):
-            ax = axes[r][c]
-            data = sample[title]
-            if data.dtype == bool or np.issubdtype(data.dtype, np.integer):
-                background = sample.get("image")
-                if background is not None:
-                    ax.imshow(background, cmap="gray", interpolation="nearest")
-                ax.imshow(np.ma.masked_where(data == 0, data), cmap="autumn", alpha=0.6,
-                          interpolation="nearest", vmin=0, vmax=max(1, int(data.max())))
-            else:
-                ax.imshow(data, cmap="gray", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-        if "label" in sample:
-            axes[r][0].set_ylabel(sample["label"], fontsize=7)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
 def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str = "baseline") -> list[str]:
     """One sentence per input size: the measured Jaccard gain of ``model`` over ``reference``."""
     by_key = {(a["model"], a["in_size"]): a for a in aggregated}

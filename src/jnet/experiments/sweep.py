@@ -266,13 +266,16 @@ def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[C
 
 
 def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) -> bool:
-    """Figure of test slices at the smallest size: low-res input, reference, J-Net, ground truth."""
+    """Figure of test slices at the smallest size: the input, then the reference's and J-Net's
+    predictions against the ground truth on the high-resolution image, each with its Jaccard."""
     import numpy as np
     import torch
 
-    from jnet.training.checkpoint import load_model
     from jnet.cache.reader import SliceDataset
-    from jnet.transforms.tasks import label_from_logits
+    from jnet.evaluation.metrics import slice_metrics
+    from jnet.evaluation.overlays import save_comparison
+    from jnet.training.checkpoint import load_model
+    from jnet.transforms import tasks
 
     reference = sweep.get("reference", "baseline")
     size = min(int(s) for s in sweep["sizes"])
@@ -285,6 +288,8 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
     split = sweep.get("evaluate", {}).get("split", "test")
     dataset = SliceDataset(config["data"]["path"], split, fold=config["data"].get("fold", 0), in_size=size,
                            downsample=config["data"].get("downsample", "area"))
+    prepared = dataset.prepared
+    kind, classes = prepared.task["kind"], int(prepared.task["classes"])
     # The slice with the most foreground of each of the first n cases shows the boundary detail best.
     best: dict[str, tuple[int, int]] = {}
     for i in range(len(dataset)):
@@ -293,18 +298,24 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
         case = meta.get("case_id", str(i))
         if area > best.get(case, (-1, 0))[0]:
             best[case] = (area, i)
-    rows = [i for _, i in sorted(best.values(), reverse=True)[:n]]
-    samples = []
-    for i in rows:
-        lr, hr, meta = dataset[int(i)]
-        sample = {"low-res input": lr[0].numpy(), "image": None, "label": str(meta.get("case_id", ""))}
-        for name, (model, info) in models.items():
+    cases = {c["case_id"]: c for c in prepared.meta["cases"]}
+    rows = []
+    for _, i in sorted(best.values(), reverse=True)[:n]:
+        lr, label, meta = dataset[int(i)]
+        gt = tasks.masks_from_label(torch.as_tensor(label)[None], kind, classes)
+        preds, scores = {}, {}
+        for name, (model, _) in models.items():
             with torch.inference_mode():
-                logits = model(lr.unsqueeze(0).float())
-            sample[name] = label_from_logits(logits, info["task"]["kind"])[0].numpy()
-        sample["ground truth"] = np.asarray(hr).astype(np.uint8)
-        samples.append(sample)
-    report.plot_samples(samples, ["low-res input", reference, jnet_name, "ground truth"], out / "samples.png")
+                pred = tasks.masks_from_logits(model(lr[None].float()), kind)
+            preds[name] = pred[0].numpy()
+            scores[name] = float(slice_metrics(pred, gt, (1.0, 1.0))["jaccard"].mean())
+        case = cases.get(meta["case_id"], {})
+        rows.append({"label": f"{meta['case_id']} slice {int(meta['slice_index'])}", "image": lr.numpy(),
+                     "high_res": np.asarray(prepared.images[int(meta["index"])], dtype=np.float32),
+                     "gt": gt[0].numpy(), "preds": preds, "jaccard": scores,
+                     "affine": case.get("affine"), "axis": int(case.get("axis", 2))})
+    save_comparison(out / "samples.png", rows, [reference, jnet_name], tasks.structure_names(prepared.task),
+                    title=f"test slices, {size}x{size} input (seed {min(sweep['seeds'])})")
     return True
 
 
