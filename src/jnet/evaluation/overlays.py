@@ -194,7 +194,8 @@ def _panel(ax, high: np.ndarray, pred: np.ndarray, gt: np.ndarray, view) -> int:
     if view.edges:  # the radiological convention, said on the image
         left, right = view.edges
         ax.text(0.01, 0.5, left, transform=ax.transAxes, color="yellow", fontsize=8, va="center")
-        ax.text(0.97, 0.5, right, transform=ax.transAxes, color="yellow", fontsize=8, va="center")
+        ax.text(0.99, 0.5, right, transform=ax.transAxes, color="yellow", fontsize=8, va="center",
+                ha="right")
     return size
 
 
