@@ -448,6 +448,27 @@ def test_folded_model_exports_to_onnx_with_dynamic_batch(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+# --- the dysample head (learned sampling) ------------------------------------------------------
+
+
+def test_dysample_head_starts_as_bilinear_and_moves_its_samples():
+    """Zero offsets read the logits where bilinear resizing does (borders included); a constant
+    offset of +1 input pixel in x reads each output pixel's value from one input pixel to the right."""
+    head = HEADS["dysample"](1, 2, code=0, hidden=4, in_channels=1, scope=1.0)
+    logits, image = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    bilinear = nn.functional.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(head(logits, image)[1], bilinear, rtol=0, atol=1e-5)
+        head.out.bias.view(-1, 2)[:, 0] = 20.0  # tanh -> 1: dx = scope = one input pixel
+        shifted = head(logits, image)[1]
+    want = nn.functional.interpolate(torch.roll(logits, -1, dims=-1), size=(32, 32), mode="bilinear",
+                                     align_corners=False)
+    # away from the borders (where resizing and sampling clamp to the edge), the output moved by f = 4
+    torch.testing.assert_close(shifted[..., 2:20], want[..., 2:20], rtol=0, atol=1e-4)
+    with pytest.raises(ConfigError, match="head_hidden"):
+        HEADS["dysample"](1, 2, hidden=0)
+
+
 # --- the subpixel head --------------------------------------------------------------------------
 
 

@@ -237,11 +237,69 @@ class SubpixelHead(nn.Module):
         return [logits, detached_from(fine, buf)]
 
 
+class DySampleHead(nn.Module):
+    """Learned sampling (after DySample, Liu et al., ICCV 2023): each output pixel reads the logits
+    by bilinear interpolation at its own position moved by a learned offset, instead of predicting
+    a correction to them. An ablation against :class:`SubpixelHead`.
+
+    The offsets come from the same view as the subpixel head's (``layers`` x ``Conv3x3 -> ReLU``
+    on ``cat[logits, code, image]`` at ``s``), one ``(dx, dy)`` per output pixel from a linear map
+    of its low-resolution pixel's features, bounded to ``scope`` input pixels by a tanh. The map
+    starts at zero, so an untrained head is the bilinear upsampling of the baseline.
+
+    Args: as :class:`SubpixelHead` (``hidden`` > 0), plus ``scope``: the largest offset, in input pixels.
+
+    Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
+    """
+
+    foldable = False  # the sampled positions depend on the input
+
+    def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
+                 in_channels: int = 1, layers: int = 1, image: bool = True, scope: float = 0.5) -> None:
+        super().__init__()
+        _check_k(k)
+        if hidden < 1:
+            raise ConfigError("model.head_hidden: the dysample head needs a hidden layer (>= 1)")
+        self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
+        self.factor = f = 2 ** k
+        self.image, self.scope = image, float(scope)
+        c_in = classes + code + (in_channels if image else 0)
+        body: list[nn.Module] = []
+        for i in range(layers):
+            body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*body)
+        self.out = nn.Linear(hidden, 2 * f * f)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def factors(self) -> list[int]:
+        return [1, self.factor]
+
+    def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
+        c, f = self.classes, self.factor
+        logits = out[:, :c]
+        z = torch.cat([out, image], dim=1) if self.image else out
+        b, _, h, w = z.shape
+        # (B, h, w, f*f*2) -> each output pixel's (dx, dy) in input pixels, laid out at S x S
+        offsets = self.scope * torch.tanh(self.out(self.body(z).permute(0, 2, 3, 1)))
+        offsets = offsets.view(b, h, w, f, f, 2).permute(0, 1, 3, 2, 4, 5).reshape(b, h * f, w * f, 2)
+        # grid_sample's coordinates (align_corners=False): pixel centres at (i + 0.5) * 2 / S - 1;
+        # an offset of one input pixel is 2 / w. Border padding = the edge rule of bilinear resizing.
+        ys = (torch.arange(h * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (h * f)) - 1
+        xs = (torch.arange(w * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (w * f)) - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (S, S, (x, y))
+        grid = grid + offsets * torch.tensor([2.0 / w, 2.0 / h], device=z.device, dtype=z.dtype)
+        fine = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return [logits, fine]
+
+
 #: The heads by config name (``model.head``); config validation and :func:`build_head` read it.
 #: A new head is a class ``f(classes, k, **options)`` added here; it declares the options it takes
 #: (``skips``, ``code``, ``hidden``, ``layers``, ``dropout``, ``image``, ``in_channels``) and
 #: ``factors``, ``foldable``, ``code_channels``.
-HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead}
+HEADS: dict[str, type[nn.Module]] = {"paper": PaperHead, "chain": ChainHead, "subpixel": SubpixelHead,
+                                     "dysample": DySampleHead}
 
 
 def build_head(name: str, classes: int, k: int, **options) -> nn.Module:
