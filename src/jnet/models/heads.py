@@ -11,6 +11,8 @@ the C logit channels, then the ``head.code_channels`` extra channels the head as
   logits plus a learned correction predicted from the logits, a few code channels of the base and
   the low-resolution image, rearranged into each pixel's ``2**K x 2**K`` block (sub-pixel
   convolution). Outputs ``[s, S]``.
+- ``dysample`` (an ablation) reads the logits at learned offsets from the bilinear sampling positions
+  instead of adding a correction. Outputs ``[s, S]``.
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ class JNet(nn.Module):
             ``head(base_output, image)``, returning the outputs low -> high.
         head_skips: the ``paper``/``chain`` head's skip paths from the base's logits.
         in_channels: input channels; default ``base.in_channels``.
-        head_code, head_hidden, head_layers, head_dropout, head_image: the ``subpixel`` head's
+        head_code, head_hidden, head_layers, head_dropout, head_image: the ``subpixel`` and ``dysample`` heads'
             code channels, hidden width, hidden layers, dropout on the hidden features and whether
             it sees the image. The base must then emit ``classes + head_code`` channels
             (:func:`build_model` builds it so).
@@ -314,7 +314,7 @@ def build_model(**config: Any) -> nn.Module:
     (``elunet`` | ``unet`` | ``basicunet``), ``variant="clean"`` (``clean`` | ``faithful``;
     ELU-Net only), ``width=16``, ``depth=4``, ``norm="batch"`` (``batch`` | ``instance`` |
     ``group``), ``in_channels=1``, ``classes=1``, ``in_size=16``, ``out_size=256`` (``in_size``
-    for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain`` | ``subpixel``), ``head_skips=True``
+    for ``arch="base"``), ``head="paper"`` (``paper`` | ``chain`` | ``subpixel`` | ``dysample``), ``head_skips=True``
     (paper, chain), ``head_code=8``, ``head_hidden=32``, ``head_layers=1``, ``head_dropout=0``,
     ``head_image=True`` (subpixel), ``train_at="input"`` (baseline: ``input`` | ``output``).
 
