@@ -4,9 +4,10 @@ For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = 
 head up to S (256; 320 for s = 80 and 160): the published head (``--head paper``), evaluated on
 the default eval path (``model.eval(); model(x)``, which folds an affine head by itself) and
 unfolded (``auto_fold = False``, to show what the fold buys), or jnet's
-subpixel head (``--head subpixel``), which runs as it is. Parameters, MACs per image, images/s at
-each batch size (median over repetitions, after warm-up; base and J-Net timed in turn within
-every repetition so load drift hits both), and the ratio J-Net / base images/s (1.0 = the head is
+subpixel head (``--head subpixel``) or another head of the registry (``--head dysample``), which
+run as they are. Parameters, MACs per image, images/s at each batch size (median over
+repetitions, after warm-up; base and J-Net timed in turn within every repetition so load drift
+hits both), and the ratio J-Net / base images/s (1.0 = the head is
 free): the median of the ratios paired within each repetition, with their range in brackets.
 The bilinear baseline (the same base, no head, fixed bilinear upsampling to S) is timed alongside:
 what any model that writes an S x S output pays, the floor of a J-Net's ratio. So is the base with
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from jnet.experiments.profiling import count_macs, count_parameters
 from jnet.models import build_model, fold_head
+from jnet.models.heads import HEADS
 
 
 def out_size_for(s: int) -> int:
@@ -131,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--width", type=int, default=16, help="base width n (16 = the reference)")
-    parser.add_argument("--head", default="paper", choices=("paper", "subpixel"),
-                        help="the J-Net head (paper: deployed folded; subpixel: as it is)")
+    parser.add_argument("--head", default="paper", choices=list(HEADS),
+                        help="the J-Net head (an affine head is deployed folded; the others as they are)")
     parser.add_argument("--head-hidden", type=int, default=None,
-                        help="the subpixel head's hidden width (default: the model's, 32)")
+                        help="the subpixel or dysample head's hidden width (default: the model's, 32)")
     parser.add_argument("--in-channels", type=int, default=1, help="image channels (2: T2 + ADC)")
     parser.add_argument("--classes", type=int, default=1, help="logit channels C (3: prostate zones)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
