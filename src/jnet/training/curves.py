@@ -53,6 +53,7 @@ def plot_curves(run_dir: str | Path) -> Path | None:
         if bad:
             right.plot(*zip(*bad), "x", color="tab:red", ms=8, mew=2, label="degenerate")
         best = max(scored, key=lambda p: p[1])
+        right.plot(*best, marker="*", ms=11, color="tab:green", mec="black", mew=0.6, ls="none")
         late = best[0] > (scored[0][0] + scored[-1][0]) / 2
         right.annotate(f"best {best[1]:.3f} (epoch {best[0]})", best, textcoords="offset points",
                        xytext=(0, -14), ha="right" if late else "left", fontsize=8)
