@@ -92,10 +92,6 @@ def save_overlay(
 
     Shape: ``image (C, s, s)``, ``high_res (C, S, S)``, ``pred`` and ``gt`` ``(K, S, S)`` bool.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
     view = radiological(affine, axis)
     low = view(np.asarray(image, dtype=np.float32)[0])
     high = view(np.asarray(high_res, dtype=np.float32)[0]) if high_res is not None else low
