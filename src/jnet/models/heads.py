@@ -161,7 +161,38 @@ def bilinear_blocks(factor: int) -> torch.Tensor:
     return up[:, 0, factor:2 * factor, factor:2 * factor].reshape(9, factor * factor).float()
 
 
-class SubpixelHead(nn.Module):
+class _LowResView(nn.Module):
+    """What the subpixel and dysample heads see, at ``s``: ``body(cat[logits, code, image])``,
+    ``layers`` x (``Conv3x3 -> ReLU``) of ``hidden`` channels (none where ``hidden`` = 0), so each
+    low-resolution pixel's features come from its 3x3 neighbourhood (5x5 with two layers)."""
+
+    foldable = False  # computed at the input resolution already
+
+    def __init__(self, classes: int, k: int, code: int, hidden: int, in_channels: int, layers: int,
+                 dropout: float, image: bool) -> None:
+        super().__init__()
+        _check_k(k)
+        self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
+        self.factor = 2 ** k
+        self.image = image
+        self.c_in = classes + code + (in_channels if image else 0)
+        body: list[nn.Module] = []
+        for i in range(layers if hidden else 0):
+            body += [conv3x3(self.c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+        if body and dropout:
+            body.append(nn.Dropout(dropout))  # an ablation: measured, it lowers J-Net (docs/method.md)
+        self.body = nn.Sequential(*body) if body else None
+
+    @property
+    def factors(self) -> list[int]:
+        return [1, self.factor]
+
+    def view(self, out: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and what the body reads: ``(B, C, s, s), (B, C + code [+ Cin], s, s)``."""
+        return out[:, :self.classes], torch.cat([out, image], dim=1) if self.image else out
+
+
+class SubpixelHead(_LowResView):
     """Bilinear upsampling of the logits plus a learned sub-pixel correction, computed at ``s``.
 
     ``out_S = bilinear(logits, S) + blocks(body(cat[logits, code, image]))``, ``f = 2**K``: ``body``
@@ -192,38 +223,20 @@ class SubpixelHead(nn.Module):
     Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
     """
 
-    foldable = False  # computed at the input resolution already
-
     def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
                  in_channels: int = 1, layers: int = 1, dropout: float = 0.0,
                  image: bool = True) -> None:
-        super().__init__()
-        _check_k(k)
-        self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
-        self.factor = factor = 2 ** k
-        self.image = image
-        c_in = classes + code + (in_channels if image else 0)
-        body: list[nn.Module] = []
-        for i in range(layers if hidden else 0):
-            body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
-        if body and dropout:
-            body.append(nn.Dropout(dropout))  # an ablation: measured, it lowers J-Net (docs/method.md)
-        self.body = nn.Sequential(*body) if body else None
-        self.out = nn.Linear(hidden or 9 * c_in, classes * factor * factor)
+        super().__init__(classes, k, code, hidden, in_channels, layers, dropout, image)
+        f = self.factor
+        self.out = nn.Linear(hidden or 9 * self.c_in, classes * f * f)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         # the fixed bilinear map of each class's logit neighbourhood, (9C, C f^2)
-        self.register_buffer("fixed", torch.block_diag(*[bilinear_blocks(factor)] * classes),
-                             persistent=False)
-
-    @property
-    def factors(self) -> list[int]:
-        return [1, self.factor]
+        self.register_buffer("fixed", torch.block_diag(*[bilinear_blocks(f)] * classes), persistent=False)
 
     def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
         c, f = self.classes, self.factor
-        logits = out[:, :c]
-        z = torch.cat([out, image], dim=1) if self.image else out
+        logits, z = self.view(out, image)
         b, _, h, w = z.shape
         # channels first, (B, K, h*w): the product below reads them transposed, without a copy
         features = self.body(z).flatten(2) if self.body is not None else neighbourhoods(z)
@@ -239,7 +252,7 @@ class SubpixelHead(nn.Module):
         return [logits, detached_from(fine, buf)]
 
 
-class DySampleHead(nn.Module):
+class DySampleHead(_LowResView):
     """Learned sampling (after DySample, Liu et al., ICCV 2023): each output pixel reads the logits
     by bilinear interpolation at its own position moved by a learned offset, instead of predicting
     a correction to them. An ablation against :class:`SubpixelHead`.
@@ -254,34 +267,19 @@ class DySampleHead(nn.Module):
     Shape: ``(B, C + code, s, s), (B, in_channels, s, s) -> [(B, C, s, s), (B, C, S, S)]``.
     """
 
-    foldable = False  # the sampled positions depend on the input
-
     def __init__(self, classes: int, k: int, code: int = 8, hidden: int = 32,
                  in_channels: int = 1, layers: int = 1, image: bool = True, scope: float = 0.5) -> None:
-        super().__init__()
-        _check_k(k)
         if hidden < 1:
             raise ConfigError("model.head_hidden: the dysample head needs a hidden layer (>= 1)")
-        self.classes, self.k, self.code_channels, self.hidden = classes, k, code, hidden
-        self.factor = f = 2 ** k
-        self.image, self.scope = image, float(scope)
-        c_in = classes + code + (in_channels if image else 0)
-        body: list[nn.Module] = []
-        for i in range(layers):
-            body += [conv3x3(c_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*body)
-        self.out = nn.Linear(hidden, 2 * f * f)
+        super().__init__(classes, k, code, hidden, in_channels, layers, 0.0, image)
+        self.scope = float(scope)
+        self.out = nn.Linear(hidden, 2 * self.factor ** 2)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    @property
-    def factors(self) -> list[int]:
-        return [1, self.factor]
-
     def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
-        c, f = self.classes, self.factor
-        logits = out[:, :c]
-        z = torch.cat([out, image], dim=1) if self.image else out
+        f = self.factor
+        logits, z = self.view(out, image)
         b, _, h, w = z.shape
         # (B, h, w, f*f*2) -> each output pixel's (dx, dy) in input pixels, laid out at S x S
         offsets = self.scope * torch.tanh(self.out(self.body(z).permute(0, 2, 3, 1)))
