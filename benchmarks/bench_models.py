@@ -59,11 +59,11 @@ def per_image_seconds(fn: Callable[[], object], batch: int, min_time: float) -> 
 
 def bench_size(s: int, batches: list[int], reps: int, warmup: int, min_time: float,
                width: int, head: str = "paper", in_channels: int = 1, classes: int = 1,
-               head_hidden: int | None = None) -> list[dict]:
+               head_hidden: int | None = None, head_layers: int | None = None) -> list[dict]:
     big = out_size_for(s)
     io = {"in_channels": in_channels, "classes": classes}
     jnet = build_model(arch="jnet", variant="faithful", width=width, in_size=s, out_size=big,
-                       head=head, head_hidden=head_hidden, **io).eval()
+                       head=head, head_hidden=head_hidden, head_layers=head_layers, **io).eval()
     # the base as the baselines use it: C logit channels (a subpixel J-Net's base emits more)
     base = build_model(arch="base", variant="faithful", width=width, in_size=s, **io).eval()
     # the default eval path (an affine head folds itself) against the head as trained
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the J-Net head (an affine head is deployed folded; the others as they are)")
     parser.add_argument("--head-hidden", type=int, default=None,
                         help="the subpixel or dysample head's hidden width (default: the model's, 32)")
+    parser.add_argument("--head-layers", type=int, default=None,
+                        help="the subpixel or dysample head's hidden layers (default: the model's, 1; "
+                             "the recommended configs: 2)")
     parser.add_argument("--in-channels", type=int, default=1, help="image channels (2: T2 + ADC)")
     parser.add_argument("--classes", type=int, default=1, help="logit channels C (3: prostate zones)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
@@ -150,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for s in tqdm(args.sizes, desc="sizes", file=sys.stderr):
         rows += bench_size(s, args.batches, args.reps, args.warmup, args.min_time, args.width, args.head,
-                           args.in_channels, args.classes, args.head_hidden)
+                           args.in_channels, args.classes, args.head_hidden, args.head_layers)
     table = markdown(rows)
-    head = args.head if args.head_hidden is None else f"{args.head} (hidden {args.head_hidden})"
+    options = [f"hidden {args.head_hidden}"] * (args.head_hidden is not None) + \
+        [f"{args.head_layers} hidden layers"] * (args.head_layers is not None)
+    head = f"{args.head} ({', '.join(options)})" if options else args.head
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, eager, inference_mode, "
               f"median of {args.reps} repetitions after {args.warmup} warm-up calls (ratios: median "
               f"of the ratios paired within each repetition, and their range); ELU-Net "

@@ -24,7 +24,8 @@ from jnet.transforms import tasks
 
 MODELS = {  # name -> build_model fields (besides sizes); the recommended loss for all
     "bilinear baseline (loss at S)": {"arch": "baseline", "train_at": "output"},
-    "J-Net, subpixel head (recommended)": {"arch": "jnet", "head": "subpixel"},
+    "J-Net, subpixel head, two hidden layers (recommended)": {"arch": "jnet", "head": "subpixel", "head_layers": 2},
+    "J-Net, subpixel head, one hidden layer": {"arch": "jnet", "head": "subpixel"},
     "J-Net, paper head": {"arch": "jnet", "head": "paper"},
 }
 
