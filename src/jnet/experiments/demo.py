@@ -25,8 +25,8 @@ from jnet.utils.atomic import claim_dir, swap_dir, write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
 # input, the subpixel head at 20x the learning rate, BCE + Dice at every scale against class
-# imbalance, AdamW + cosine),
-# small enough for a CPU.
+# imbalance, AdamW + cosine), small enough for a CPU: width 8, flips only, and one hidden layer in
+# the head (the recommended configs use two; the README's demo figures were measured with one).
 RECIPE = {
     "data": {"downsample": "area"},
     "model": {"base": "elunet", "variant": "clean", "width": 8, "norm": "batch", "head": "subpixel"},
