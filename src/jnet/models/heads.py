@@ -161,6 +161,14 @@ def bilinear_blocks(factor: int) -> torch.Tensor:
     return up[:, 0, factor:2 * factor, factor:2 * factor].reshape(9, factor * factor).float()
 
 
+def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """A linear map that starts at zero: a head built on it starts as the bilinear baseline."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class _LowResView(nn.Module):
     """What the subpixel and dysample heads see, at ``s``: ``body(cat[logits, code, image])``,
     ``layers`` x (``Conv3x3 -> ReLU``) of ``hidden`` channels (none where ``hidden`` = 0), so each
@@ -228,9 +236,7 @@ class SubpixelHead(_LowResView):
                  image: bool = True) -> None:
         super().__init__(classes, k, code, hidden, in_channels, layers, dropout, image)
         f = self.factor
-        self.out = nn.Linear(hidden or 9 * self.c_in, classes * f * f)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = _zero_linear(hidden or 9 * self.c_in, classes * f * f)
         # the fixed bilinear map of each class's logit neighbourhood, (9C, C f^2)
         self.register_buffer("fixed", torch.block_diag(*[bilinear_blocks(f)] * classes), persistent=False)
 
@@ -273,9 +279,7 @@ class DySampleHead(_LowResView):
             raise ConfigError("model.head_hidden: the dysample head needs a hidden layer (>= 1)")
         super().__init__(classes, k, code, hidden, in_channels, layers, 0.0, image)
         self.scope = float(scope)
-        self.out = nn.Linear(hidden, 2 * self.factor ** 2)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = _zero_linear(hidden, 2 * self.factor ** 2)
 
     def forward(self, out: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
         f = self.factor
@@ -284,11 +288,10 @@ class DySampleHead(_LowResView):
         # (B, h, w, f*f*2) -> each output pixel's (dx, dy) in input pixels, laid out at S x S
         offsets = self.scope * torch.tanh(self.out(self.body(z).permute(0, 2, 3, 1)))
         offsets = offsets.view(b, h, w, f, f, 2).permute(0, 1, 3, 2, 4, 5).reshape(b, h * f, w * f, 2)
-        # grid_sample's coordinates (align_corners=False): pixel centres at (i + 0.5) * 2 / S - 1;
-        # an offset of one input pixel is 2 / w. Border padding = the edge rule of bilinear resizing.
-        ys = (torch.arange(h * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (h * f)) - 1
-        xs = (torch.arange(w * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (w * f)) - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (S, S, (x, y))
+        # the output pixel centres in grid_sample's coordinates (the identity's affine grid); an
+        # offset of one input pixel is 2 / w. Border padding = the edge rule of bilinear resizing.
+        identity = torch.eye(2, 3, device=z.device, dtype=z.dtype).expand(b, 2, 3)
+        grid = F.affine_grid(identity, [b, 1, h * f, w * f], align_corners=False)
         grid = grid + offsets * torch.tensor([2.0 / w, 2.0 / h], device=z.device, dtype=z.dtype)
         fine = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return [logits, fine]
