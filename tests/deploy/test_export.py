@@ -47,11 +47,11 @@ def ort_run(path_or_bytes, x):
 
 
 @pytest.mark.parametrize("arch, options, head", [
-    ("jnet", {}, "folded"), ("jnet", {"head": "subpixel"}, "module"), ("baseline", {}, "module"),
-    ("base", {}, "module")])
+    ("jnet", {}, "folded"), ("jnet", {"head": "subpixel"}, "module"), ("jnet", {"head": "dysample"}, "module"),
+    ("baseline", {}, "module"), ("base", {}, "module")])
 def test_export_matches_pytorch_and_round_trips_metadata(tmp_path, arch, options, head):
     model = tiny(arch, **options)
-    if options:  # the subpixel head starts at zero (= bilinear): give it weights to check
+    if options:  # the subpixel and dysample heads start at zero (= bilinear): give them weights to check
         with torch.no_grad():
             model.head.out.weight.normal_(0, 0.3)
     out = tmp_path / "model.onnx"
@@ -156,6 +156,17 @@ def test_opset_13_for_older_tensorrt(tmp_path):
     proto = onnx.load(str(result.path))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [13]
     assert read_metadata(result.path).extra["opset"] == 13
+
+
+def test_an_operator_the_opset_lacks_is_a_one_line_export_error():
+    class AffineGrid(nn.Module):  # affine_grid has an ONNX form only from opset 20
+        def forward(self, x):
+            theta = torch.eye(2, 3).expand(x.shape[0], 2, 3)
+            return nn.functional.grid_sample(x, nn.functional.affine_grid(theta, list(x.shape), align_corners=False),
+                                             align_corners=False)
+
+    with pytest.raises(ExportError, match=r"cannot be exported to ONNX opset 17 \(.*affine_grid"):
+        onnx_bytes(AffineGrid(), 1, 8)
 
 
 def test_existing_file_is_kept_unless_overwrite(tmp_path):

@@ -154,12 +154,16 @@ def onnx_bytes(module: torch.nn.Module, in_channels: int, in_size: int, opset: i
         # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript (not a jnet dependency); the graphs it makes are what we check below.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _EvalOutput(module), (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            do_constant_folding=True,
-        )
+        try:
+            torch.onnx.export(
+                _EvalOutput(module), (example,), buffer, dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True,
+            )
+        except torch.onnx.errors.OnnxExporterError as e:  # an operator this opset cannot express
+            raise ExportError(f"model: cannot be exported to ONNX opset {opset} "
+                              f"({str(e).splitlines()[0]})") from e
     import onnx
 
     proto = onnx.load_from_string(buffer.getvalue())

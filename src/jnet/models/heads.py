@@ -288,10 +288,12 @@ class DySampleHead(_LowResView):
         # (B, h, w, f*f*2) -> each output pixel's (dx, dy) in input pixels, laid out at S x S
         offsets = self.scope * torch.tanh(self.out(self.body(z).permute(0, 2, 3, 1)))
         offsets = offsets.view(b, h, w, f, f, 2).permute(0, 1, 3, 2, 4, 5).reshape(b, h * f, w * f, 2)
-        # the output pixel centres in grid_sample's coordinates (the identity's affine grid); an
-        # offset of one input pixel is 2 / w. Border padding = the edge rule of bilinear resizing.
-        identity = torch.eye(2, 3, device=z.device, dtype=z.dtype).expand(b, 2, 3)
-        grid = F.affine_grid(identity, [b, 1, h * f, w * f], align_corners=False)
+        # grid_sample's coordinates (align_corners=False): pixel centres at (i + 0.5) * 2 / S - 1
+        # (built here rather than with F.affine_grid, which ONNX opset 17 cannot export); an offset
+        # of one input pixel is 2 / w. Border padding = the edge rule of bilinear resizing.
+        ys = (torch.arange(h * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (h * f)) - 1
+        xs = (torch.arange(w * f, device=z.device, dtype=z.dtype) + 0.5) * (2.0 / (w * f)) - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (S, S, (x, y))
         grid = grid + offsets * torch.tensor([2.0 / w, 2.0 / h], device=z.device, dtype=z.dtype)
         fine = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return [logits, fine]
