@@ -194,6 +194,17 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
     check_self_contained_html(out / "report.html")
     text = report_path.read_text()
     assert "- 16² input: " in text and "![pareto.png](pareto.png)" in text  # a gain, or why none
+    # the paired comparison reads each cell's per-slice scores: its gain is the table's difference,
+    # and a pair with a degenerate model (likely after one epoch) is left out, never scored
+    (compared,) = report.read_csv(out / "comparison.csv")
+    assert int(compared["n_slices"]) == len(np.loadtxt(out / "cells" / "jnet-16-seed0" / "eval" / "per_slice.csv",
+                                                       delimiter=",", skiprows=1, usecols=0, ndmin=1))
+    if any(r["degenerate"] for r in rows):
+        assert (compared["gain"], compared["excluded"]) == ("", "1")
+    else:
+        means = {r["model"]: float(r["jaccard"]) for r in rows}
+        assert float(compared["gain"]) == pytest.approx(means["jnet"] - means["baseline"], abs=1e-6)
+    assert "## Paired comparison" in text
     cell = out / "cells" / "jnet-16-seed0" / "cell.json"
     before = json.loads(cell.read_text())
 

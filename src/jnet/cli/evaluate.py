@@ -50,6 +50,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=run_folder)
 
+    c = subparsers.add_parser(
+        "compare", help="paired gain of one model over another on the same test slices, with a "
+                        "bootstrap interval over the test cases",
+        description="Take the evaluation folders of a model (one per seed) and of a reference (the "
+                    "same seeds, in the same order), both written by `jnet evaluate --out` on the "
+                    "same split of the same cache; print the gain in mean slice Jaccard per seed "
+                    "and a bootstrap confidence interval over the test cases.")
+    c.add_argument("model", nargs="+", metavar="EVAL_DIR", help="the model's evaluation folders")
+    c.add_argument("--against", nargs="+", required=True, metavar="EVAL_DIR",
+                   help="the reference's evaluation folders, paired with the model's in order")
+    c.add_argument("--level", type=float, default=0.95, help="confidence level of the interval")
+    c.add_argument("--json", metavar="FILE", help="also write the result here")
+    c.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from jnet.errors import ConfigError
+    from jnet.evaluation.compare import describe, paired_gain, read_scores
+    from jnet.utils.atomic import write_json
+
+    if not 0 < args.level < 1:
+        raise ConfigError(f"--level: expected a fraction between 0 and 1, found {args.level}")
+    result = paired_gain([read_scores(d) for d in args.model], [read_scores(d) for d in args.against],
+                         level=args.level)
+    if result["per_seed"]:
+        print("per seed: " + ", ".join(f"{100 * g:+.1f}" for g in result["per_seed"]) + " points")
+    print(f"gain in mean slice Jaccard: {describe(result)} ({result['n_slices']} slices)")
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0 if result["gain"] is not None else 2
+
 
 def run_folder(args: argparse.Namespace) -> int:
     from jnet.evaluation.folder import evaluate_folder, parse_structures, summary_table

@@ -122,6 +122,39 @@ def markdown_table(aggregated: Sequence[dict], fields: Sequence[str] | None = No
     return "\n".join(lines) + "\n"
 
 
+COMPARISON_FIELDS = ("model", "reference", "in_size", "gain", "ci_low", "ci_high", "level", "ahead",
+                     "n_pairs", "excluded", "n_cases", "n_slices", "per_seed")
+
+
+def comparison_table(comparisons: Sequence[dict]) -> str:
+    """Markdown: each model's paired gain over the reference at one input size (Jaccard points),
+    with its interval over the test cases and the seeds it is ahead on."""
+    lines = ["| model | reference | input | gain, points | CI over test cases | per seed | seeds ahead |",
+             "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        if c["gain"] is None:
+            gain = interval = per_seed = "degenerate"
+        else:
+            gain = f"{100 * c['gain']:+.1f}"
+            interval = (f"none: {c['n_cases']} case(s)" if c["ci_low"] is None else
+                        f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f} "
+                        f"({100 * c['level']:.0f}%, {c['n_cases']} cases)")
+            per_seed = ", ".join(f"{100 * g:+.1f}" for g in c["per_seed"])
+        ahead = f"{c['ahead']} of {c['n_pairs']}" + (f" ({c['excluded']} degenerate left out)" if c["excluded"] else "")
+        lines.append(f"| {c['model']} | {c['reference']} | {c['in_size']}² | {gain} | {interval} | {per_seed} | {ahead} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison_csv(comparisons: Sequence[dict], path: str | Path) -> None:
+    """``comparison.csv``: one row per comparison, Jaccard as fractions, per-seed gains joined by ``;``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COMPARISON_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for c in comparisons:
+        writer.writerow({**c, "per_seed": ";".join(f"{g:.6f}" for g in c["per_seed"])})
+    write_text(path, buffer.getvalue())
+
+
 def degenerate_note(rows: Sequence[dict]) -> str:
     """Lines under a table: which cells are degenerate, and how many HD95 values were undefined."""
     lines = [f"- degenerate, left out of the means: {r['model']}-{r['in_size']}-seed{r['seed']} "
@@ -215,8 +248,11 @@ def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "imag
     save_png(fig, path)
 
 
-def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str = "baseline") -> list[str]:
-    """One sentence per input size: the measured Jaccard gain of ``model`` over ``reference``."""
+def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str = "baseline",
+                 paired: dict | None = None) -> list[str]:
+    """One sentence per input size: the measured Jaccard gain of ``model`` over ``reference``, with
+    the paired interval over the test cases where ``paired[(model, in_size)]`` holds one
+    (:func:`jnet.evaluation.compare.paired_gain`)."""
     by_key = {(a["model"], a["in_size"]): a for a in aggregated}
     lines = []
     for (name, size), a in sorted(by_key.items(), key=lambda kv: kv[0][1]):
@@ -237,6 +273,10 @@ def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str
             verdict = "one seed: no spread measured, treat as indicative"
         else:
             verdict = verdict_spread + ("within the seed spread" if abs(gain) <= spread else ("better" if gain > 0 else "worse"))
+        result = (paired or {}).get((name, size))
+        if result and result["ci_low"] is not None:
+            verdict += (f"; {100 * result['level']:.0f}% CI over the {result['n_cases']} test cases "
+                        f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
         speed = ""
         if math.isfinite(a["images_per_s"]) and math.isfinite(b["images_per_s"]) and b["images_per_s"] > 0:
             speed = f"; speed {a['images_per_s'] / b['images_per_s']:.2f}x of {reference}"

@@ -262,7 +262,30 @@ def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[C
     figures = ["jaccard_vs_size.png", "pareto.png"]
     if write_samples(out, sweep, cells):
         figures.append("samples.png")
-    return write_report(out, sweep, cells, aggregated, table, figures)
+    comparisons = paired_comparisons(out, sweep, cells)
+    if comparisons:
+        report.write_comparison_csv(comparisons, out / "comparison.csv")
+    return write_report(out, sweep, cells, aggregated, table, figures, comparisons)
+
+
+def paired_comparisons(out: Path, sweep: Mapping, cells: Sequence[Cell]) -> list[dict]:
+    """Each J-Net model's paired gain over the sweep's reference at every input size they share,
+    seed by seed on the same test slices (:func:`jnet.evaluation.compare.paired_gain`)."""
+    from jnet.evaluation.compare import paired_gain, read_scores
+
+    reference = sweep.get("reference", "baseline")
+    by_key = {(c.model, c.in_size, c.seed): c for c in cells}
+    results = []
+    for model in sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"}):
+        for size in sorted({c.in_size for c in cells if c.model == model}):
+            seeds = [s for s in sweep["seeds"] if (model, size, s) in by_key and (reference, size, s) in by_key]
+            if not seeds:
+                continue
+            scores = [[read_scores(out / "cells" / by_key[(m, size, s)].name / "eval") for s in seeds]
+                      for m in (model, reference)]
+            results.append({"model": model, "reference": reference, "in_size": size,
+                            **paired_gain(*scores)})
+    return results
 
 
 def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) -> bool:
@@ -328,13 +351,21 @@ def environment() -> dict:
 
 
 def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: list[dict],
-                 table: str, figures: Sequence[str]) -> Path:
-    """``report.md``: the honest summary, the table, the figures, the configs and the environment."""
+                 table: str, figures: Sequence[str], comparisons: Sequence[dict] = ()) -> Path:
+    """``report.md``: the honest summary, the table, the paired comparisons, the figures, the
+    configs and the environment."""
     reference = sweep.get("reference", "baseline")
     jnet_models = sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"})
+    paired = {(c["model"], c["in_size"]): c for c in comparisons}
     summary = []
     for name in jnet_models:
-        summary += report.gain_summary(aggregated, name, reference)
+        summary += report.gain_summary(aggregated, name, reference, paired)
+    compared = [
+        "## Paired comparison", "",
+        f"Gain in mean slice Jaccard over `{reference}`, seed by seed on the same test slices; the "
+        "interval resamples the test cases (bootstrap, conditional on these seeds) and says how "
+        "much the gain could move on other test subjects (also in `comparison.csv`).", "",
+        report.comparison_table(comparisons), ""] if comparisons else []
     env = environment()
     downsample = {c.config["data"].get("downsample") for c in cells}
     lines = [
@@ -345,7 +376,7 @@ def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: l
         f"mean ± std over seeds {list(sweep['seeds'])}.", "",
         "## Summary (measured)", "",
         *(summary or ["- no J-Net/reference pair at a common input size in this grid."]), "",
-        "## Results", "", table, "",
+        "## Results", "", table, "", *compared,
         "Speed: eager PyTorch and ONNX Runtime images/s at the batch size in the sweep's `bench` "
         f"section, on this machine ({env['processor']}, {env['torch_threads']} torch threads); "
         "compare ratios within this table, not with other machines.", "",

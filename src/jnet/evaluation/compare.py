@@ -1,0 +1,129 @@
+"""Paired comparison of two models on the same test slices: the gain in mean slice Jaccard, per
+seed, with a bootstrap confidence interval over the test cases.
+
+The spread over seeds says how much training varies; it says nothing of how much the figure would
+move on other test subjects, which with a handful of test cases is often the larger part. Both
+models are scored on the same slices, so the difference is taken slice by slice (paired), and the
+test *cases* are resampled with replacement (slices of one case are not independent): each
+resample recomputes every seed's gain on the same resampled cases and averages them, and the
+interval is the percentile range of those averages. It is conditional on the trained seeds.
+
+Input: the folders ``jnet evaluate`` writes (``per_slice.csv``, ``metrics.json``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jnet.errors import DataError
+
+RESAMPLES = 2000
+LEVEL = 0.95
+#: Fewer test cases than this get no interval: resampling 2-3 cases has a handful of distinct
+#: outcomes, and its percentile range would look far narrower than the real uncertainty.
+MIN_CASES = 8
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """One evaluation's slice Jaccard (mean over structures), by slice of the cache."""
+
+    source: Path
+    index: np.ndarray  # (N,) the cache's slice indices, sorted
+    case: np.ndarray  # (N,) case id of each slice
+    jaccard: np.ndarray  # (N,) float64
+    degenerate: str | None  # what `jnet evaluate` flagged, else None
+
+
+def read_scores(folder: str | Path) -> SliceScores:
+    """Read ``per_slice.csv`` (and the degenerate flag of ``metrics.json``) from an evaluation folder.
+
+    Raises:
+        DataError: the folder has no ``per_slice.csv``, or it holds no Jaccard column or no slices.
+    """
+    folder = Path(folder)
+    table = folder / "per_slice.csv"
+    if not table.is_file():
+        raise DataError(f"{folder}: no per_slice.csv; expected a folder written by `jnet evaluate --out`")
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [c for c in (rows[0] if rows else {}) if c.startswith("jaccard_")]
+    if not rows or not columns or "index" not in rows[0]:
+        raise DataError(f"{table}: expected columns index, case_id and jaccard_<structure> and at "
+                        f"least one slice")
+    order = np.argsort([int(r["index"]) for r in rows], kind="stable")
+    rows = [rows[i] for i in order]
+    degenerate = None
+    if (folder / "metrics.json").is_file():
+        degenerate = json.loads((folder / "metrics.json").read_text()).get("degenerate") or None
+    return SliceScores(folder, np.array([int(r["index"]) for r in rows]),
+                       np.array([r["case_id"] for r in rows]),
+                       np.array([np.mean([float(r[c]) for c in columns]) for r in rows]), degenerate)
+
+
+def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], *,
+                resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict:
+    """The gain of ``model`` over ``reference`` in mean slice Jaccard, paired seed by seed (the
+    i-th of each) and slice by slice, with a bootstrap interval over the test cases.
+
+    Pairs where either side is degenerate are left out (a model that predicts nothing is not a
+    score) and counted in ``excluded``.
+
+    Returns:
+        ``gain`` (mean over the pairs), ``per_seed``, ``ci_low``/``ci_high`` (None with fewer than
+        :data:`MIN_CASES` test cases), ``level``, ``ahead`` (pairs with a positive gain), ``n_pairs``, ``excluded``,
+        ``n_cases``, ``n_slices``, ``resamples``; Jaccard as a fraction. ``gain`` is None when no
+        pair is left.
+    Raises:
+        DataError: the lists differ in length or are empty, or two evaluations scored other slices.
+    """
+    if not model or len(model) != len(reference):
+        raise DataError(f"paired comparison: expected as many reference evaluations as model ones "
+                        f"(one per seed, in the same order), found {len(model)} and {len(reference)}")
+    first = model[0]
+    for other in [*model, *reference]:
+        if not np.array_equal(other.index, first.index) or not np.array_equal(other.case, first.case):
+            raise DataError(f"{other.source}: scored other slices than {first.source}; a paired "
+                            f"comparison needs the same split of the same prepared cache")
+    pairs = [(m, r) for m, r in zip(model, reference) if not (m.degenerate or r.degenerate)]
+    cases, case_of = np.unique(first.case, return_inverse=True)
+    result = {"level": level, "n_pairs": len(pairs), "excluded": len(model) - len(pairs),
+              "n_cases": len(cases), "n_slices": len(first.index), "resamples": resamples,
+              "gain": None, "per_seed": [], "ahead": 0, "ci_low": None, "ci_high": None}
+    if not pairs:
+        return result
+    # per pair and case: the sum of the slice differences; per case: its slice count
+    sums = np.stack([np.bincount(case_of, weights=m.jaccard - r.jaccard, minlength=len(cases))
+                     for m, r in pairs])
+    counts = np.bincount(case_of, minlength=len(cases)).astype(np.float64)
+    per_seed = sums.sum(axis=1) / counts.sum()
+    result.update(gain=float(per_seed.mean()), per_seed=[float(g) for g in per_seed],
+                  ahead=int((per_seed > 0).sum()))
+    if len(cases) >= MIN_CASES:
+        draws = np.random.default_rng(seed).multinomial(len(cases), np.full(len(cases), 1 / len(cases)),
+                                                        size=resamples).astype(np.float64)
+        gains = ((draws @ sums.T) / (draws @ counts)[:, None]).mean(axis=1)
+        tail = 100 * (1 - level) / 2
+        result.update(ci_low=float(np.percentile(gains, tail)), ci_high=float(np.percentile(gains, 100 - tail)))
+    return result
+
+
+def describe(result: dict, reference: str = "the reference") -> str:
+    """One line: the gain in points, the interval and the seeds ahead."""
+    if result["gain"] is None:
+        return f"no gain measured: every pair has a degenerate model ({result['excluded']} left out)"
+    text = f"{100 * result['gain']:+.1f} points"
+    if result["ci_low"] is not None:
+        text += (f", {100 * result['level']:.0f}% CI over the {result['n_cases']} test cases "
+                 f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
+    else:
+        text += f", no interval: {result['n_cases']} test case(s), fewer than {MIN_CASES}"
+    text += f"; ahead of {reference} on {result['ahead']} of {result['n_pairs']} seed(s)"
+    if result["excluded"]:
+        text += f" ({result['excluded']} pair(s) with a degenerate model left out)"
+    return text
