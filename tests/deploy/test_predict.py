@@ -424,3 +424,29 @@ def test_written_mask_is_the_same_file_in_either_memory_order(tmp_path):
     np.testing.assert_array_equal(np.asarray(a.dataobj), labels)
     np.testing.assert_array_equal(np.asarray(b.dataobj), labels)
     assert (tmp_path / "c.nii.gz").read_bytes() == (tmp_path / "f.nii.gz").read_bytes()
+
+
+def test_overlay_is_shown_in_the_radiological_view(tmp_path):
+    """The predicted overlay follows the evaluation overlays' orientation rule: with the volume's
+    affine, patient's right on the viewer's left and anterior at the top; without one (PNG
+    inputs), as stored."""
+    from types import SimpleNamespace
+
+    from jnet.deploy.writers import write_overlay
+
+    image = np.zeros((1, 4, 5, 1), np.float32)  # rows = x, cols = y
+    encoded = np.zeros((4, 5, 1), np.uint8)
+    encoded[3, 4, 0] = 1  # with an RAS affine: the most right and most anterior voxel
+    meta = SimpleNamespace(task={"kind": "binary", "classes": 1})
+
+    def coloured(path):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        rows, cols = np.nonzero(rgb.sum(-1) > 0)
+        return rgb.shape[:2], (rows.min() / rgb.shape[0], cols.min() / rgb.shape[1])
+
+    write_overlay(tmp_path / "ras.png", image, encoded, 2, meta, affine=np.diag([1.0, 1.0, 3.0, 1.0]))
+    shape, corner = coloured(tmp_path / "ras.png")
+    assert shape[0] > shape[1] and corner == (0.0, 0.0)  # 5 rows (y) x 4 columns (x); top left
+    write_overlay(tmp_path / "png.png", image, encoded, 2, meta)
+    shape, corner = coloured(tmp_path / "png.png")
+    assert shape[0] < shape[1] and corner == (3 / 4, 4 / 5)  # as stored: bottom right

@@ -304,7 +304,8 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
                         loaded.affine, header)
             written.append(files["probabilities"])
     if "overlay" in files:
-        write_overlay(files["overlay"], loaded.image, encoded, axis, meta, title=item.name)
+        write_overlay(files["overlay"], loaded.image, encoded, axis, meta, title=item.name,
+                      affine=None if item.kind == "png" else loaded.affine)
         written.append(files["overlay"])
 
 

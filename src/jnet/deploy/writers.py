@@ -45,24 +45,29 @@ def write_png(path: Path, labels: np.ndarray) -> None:
 
 
 def write_overlay(path: Path, image: np.ndarray, encoded: np.ndarray, axis: int, meta: ModelMeta,
-                  title: str = "") -> None:
+                  title: str = "", affine: np.ndarray | None = None) -> None:
     """The slice with the most predicted foreground (else the middle one), channel 0 in gray,
-    each structure blended in its colour. Shape: ``image (C, X, Y, Z)``, ``encoded (X, Y, Z)``."""
+    each structure blended in its colour; with the volume's ``affine``, in the radiological view
+    the evaluation overlays use (patient's right on the left), else as stored (PNG inputs).
+    Shape: ``image (C, X, Y, Z)``, ``encoded (X, Y, Z)``."""
     import torch
     from PIL import Image
 
     from jnet.transforms import tasks
-    from jnet.evaluation.overlays import COLOURS  # the evaluation overlays' colours, one per structure
+    # the evaluation overlays' colours and orientation rule
+    from jnet.evaluation.overlays import COLOURS, radiological
 
+    view = radiological(affine, axis)
     enc = np.moveaxis(encoded, axis, 0)
     img = np.moveaxis(image[0], axis, 0)
     area = (enc > 0).reshape(len(enc), -1).sum(1)
     k = int(area.argmax()) if area.max() > 0 else len(enc) // 2
-    gray = img[k].astype(np.float32)
+    enc_k = np.ascontiguousarray(view(enc[k]))
+    gray = np.array(view(img[k]), dtype=np.float32)
     lo, hi = np.percentile(gray, [1, 99]) if gray.size else (0.0, 1.0)
     gray = np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(gray[..., None] * 255.0, 3, axis=-1)
-    masks = tasks.masks_from_label(torch.from_numpy(enc[k][None].astype(np.int64)),
+    masks = tasks.masks_from_label(torch.from_numpy(enc_k[None].astype(np.int64)),
                                    meta.task["kind"], int(meta.task["classes"]))[0].numpy()
     for i, mask in enumerate(masks):
         colour = COLOURS[i % len(COLOURS)].lstrip("#")
