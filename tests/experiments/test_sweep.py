@@ -235,7 +235,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert len(masks) == 1
     import nibabel as nib
 
-    volume = nib.load(sorted((out / "data" / "Task05_Prostate" / "imagesTr").glob("prostate_*.nii.gz"))[0])
+    volume = nib.load(sorted((out / "data" / "brain-wm" / "imagesTr").glob("brain_*.nii.gz"))[0])
     mask = nib.load(masks[0])
     assert mask.shape == volume.shape[:3]
     np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-5)

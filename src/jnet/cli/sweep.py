@@ -28,11 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_sweep)
 
     d = sub.add_parser("demo", help="the main job on built-in synthetic data: synth, prepare, sweep, export, predict, report",
-                       description="Synthesise a prostate MRI dataset, prepare it, train baseline and J-Net at "
+                       description="Synthesise a brain MRI dataset (white matter labelled), prepare it, train baseline and J-Net at "
                                    "16 and 32 (and the base at 64), export the best J-Net to ONNX, predict one "
                                    "volume and write report.md. No data or downloads needed.")
     d.add_argument("--out", default="jnet-demo", help="output directory (default: ./jnet-demo)")
-    d.add_argument("--quick", action="store_true", help="a tiny version that finishes in about 3 minutes")
+    d.add_argument("--quick", action="store_true", help="a tiny version that finishes in about 2 minutes")
     d.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
