@@ -96,3 +96,24 @@ def test_cli_prints_the_gain_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["gain"] == pytest.approx(0.02)
     assert main(["compare", str(tmp_path / "m0"), "--against", str(tmp_path)]) == 2
     assert "no per_slice.csv" in capsys.readouterr().err
+
+
+def test_score_intervals_bracket_the_means_over_cases():
+    from jnet.evaluation.compare import score_intervals
+
+    rng = np.random.default_rng(1)
+    rows = [{"case_id": f"c{i}", "n_slices": int(n), "slice_jaccard": float(j),
+             "volume_jaccard_pz": float(v), "volume_jaccard_tz": float(v) / 2,
+             "volume_dice_pz": float(d), "volume_dice_tz": float(d)}
+            for i, (n, j, v, d) in enumerate(zip(rng.integers(3, 9, MIN_CASES + 2), rng.uniform(0.4, 0.8, 10),
+                                                 rng.uniform(0.5, 0.9, 10), rng.uniform(0.6, 0.95, 10)))]
+    out = score_intervals(rows, ["pz", "tz"])
+    assert (out["n_cases"], out["level"]) == (len(rows), 0.95)
+    slices = sum(r["n_slices"] for r in rows)
+    means = {"jaccard": sum(r["slice_jaccard"] * r["n_slices"] for r in rows) / slices,
+             "volume_jaccard": np.mean([0.75 * r["volume_jaccard_pz"] for r in rows]),
+             "volume_dice": np.mean([r["volume_dice_pz"] for r in rows])}
+    for metric, mean in means.items():
+        low, high = out[metric]
+        assert low < mean < high and high - low < 0.3, metric
+    assert score_intervals(rows[:MIN_CASES - 1], ["pz", "tz"]) is None

@@ -103,6 +103,7 @@ def test_perfect_predictor_scores_one_and_writes_every_file(tmp_path, kind):
     assert m["hd95"]["mean"] == 0.0 and m["volume_hd95"]["mean"] == 0.0 and m["hd95_undefined"] == 0
     assert m["degenerate"] is None and m["degenerate_structures"] == {}
     assert (m["n_slices"], m["n_cases"]) == (9, 3)  # 3 test cases of 3 slices
+    assert m["interval"] is None  # too few cases for an interval over them
     assert (m["in_size"], m["out_size"], m["downsample"], m["split"]) == (SMALL, S, "area", "test")
     assert m["logits_upsampled_from"] is None and m["empty_policy"]["both_empty"]["jaccard"] == 1.0
 
@@ -232,6 +233,25 @@ def test_split_all_and_native(tmp_path):
     # The cache grid equals the native grid here, so the native scores equal the cache scores.
     assert m["native"]["volume_jaccard"]["mean"] == 1.0 and m["native"]["jaccard"]["n"] == 15
     assert m["native"]["n_cases_gt_exact"] == 5
+
+
+def test_an_interval_over_the_cases_brackets_each_mean(tmp_path):
+    from jnet.evaluation.compare import MIN_CASES
+
+    root = make_cache(tmp_path / "cache", n_cases=MIN_CASES)
+
+    class Shrunk(Oracle):  # the truth eroded: imperfect scores that differ from case to case
+        def forward(self, x):
+            logits = super().forward(x)
+            return -nn.functional.max_pool2d(-logits, 3, stride=1, padding=1)
+
+    m = evaluate(Shrunk(root, TASKS["binary"], split="all"), info_for(), root, split="all",
+                 out_dir=tmp_path / "eval", overlays=0, quiet=True)
+    interval = m["interval"]
+    assert (interval["n_cases"], interval["level"]) == (MIN_CASES, 0.95)
+    for key in ("jaccard", "volume_jaccard", "volume_dice"):
+        low, high = interval[key]
+        assert low < m[key]["mean"] < high < 1.0, key
 
 
 def test_native_scores_against_the_label_files(tmp_path, msd_writer):

@@ -133,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
         print("At the native voxel grid:")
         print()
         print(summary_table(metrics["native"]))
+    interval = metrics.get("interval")
+    if interval:
+        print()
+        print(f"{100 * interval['level']:.0f}% interval over the {interval['n_cases']} cases (bootstrap): "
+              + ", ".join(f"{label} {interval[k][0]:.4f}-{interval[k][1]:.4f}" for k, label in
+                          (("volume_dice", "case Dice"), ("volume_jaccard", "case Jaccard"),
+                           ("jaccard", "slice Jaccard"))))
     print()
     print(f"HD95 undefined (exactly one mask empty): {metrics['hd95_undefined']} slice-structure pairs")
     if metrics.get("degenerate"):

@@ -1,14 +1,15 @@
-"""Paired comparison of two models on the same test slices: the gain in mean slice Jaccard, per
-seed, with a bootstrap confidence interval over the test cases.
+"""Intervals over the test cases: for one model's mean scores, and for the gain of one model over
+another on the same test slices (per seed, paired).
 
 The spread over seeds says how much training varies; it says nothing of how much the figure would
-move on other test subjects, which with a handful of test cases is often the larger part. Both
-models are scored on the same slices, so the difference is taken slice by slice (paired), and the
-test *cases* are resampled with replacement (slices of one case are not independent): each
-resample recomputes every seed's gain on the same resampled cases and averages them, and the
-interval is the percentile range of those averages. It is conditional on the trained seeds.
+move on other test subjects, which with a handful of test cases is often the larger part. Test
+*cases* are resampled with replacement (slices of one case are not independent), the statistic is
+recomputed on each resample, and the interval is the percentile range. For a gain, both models are
+scored on the same slices, so the difference is taken slice by slice (paired), and each resample
+recomputes every seed's gain on the same resampled cases and averages them: the interval is
+conditional on the trained seeds.
 
-Input: the folders ``jnet evaluate`` writes (``per_slice.csv``, ``metrics.json``).
+Input: the folders ``jnet evaluate`` writes (``per_slice.csv``, ``metrics.json``), or its per-case rows.
 """
 from __future__ import annotations
 
@@ -104,13 +105,48 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
     per_seed = sums.sum(axis=1) / counts.sum()
     result.update(gain=float(per_seed.mean()), per_seed=[float(g) for g in per_seed],
                   ahead=int((per_seed > 0).sum()))
-    if len(cases) >= MIN_CASES:
-        draws = np.random.default_rng(seed).multinomial(len(cases), np.full(len(cases), 1 / len(cases)),
-                                                        size=resamples).astype(np.float64)
-        gains = ((draws @ sums.T) / (draws @ counts)[:, None]).mean(axis=1)
-        tail = 100 * (1 - level) / 2
-        result.update(ci_low=float(np.percentile(gains, tail)), ci_high=float(np.percentile(gains, 100 - tail)))
+    interval = case_interval(sums, counts, level=level, resamples=resamples, seed=seed)
+    if interval is not None:
+        result.update(ci_low=interval[0], ci_high=interval[1])
     return result
+
+
+def case_interval(sums: np.ndarray, counts: np.ndarray, *, level: float = LEVEL,
+                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap interval over cases of ``mean_s(sum(sums[s]) / sum(counts))``: the mean over rows
+    ``s`` (seeds) of a per-slice mean, each case holding ``sums[s, c]`` over ``counts[c]`` slices
+    (counts of 1: a mean over cases). None with fewer than :data:`MIN_CASES` cases.
+
+    Shape: ``sums (S, C)`` or ``(C,)``, ``counts (C,)``.
+    """
+    sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
+    counts = np.asarray(counts, dtype=np.float64)
+    n = len(counts)
+    if n < MIN_CASES:
+        return None
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples).astype(np.float64)
+    values = ((draws @ sums.T) / (draws @ counts)[:, None]).mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def score_intervals(case_rows: Sequence[dict], names: Sequence[str], *, level: float = LEVEL) -> dict | None:
+    """Intervals over the test cases of one evaluation's mean slice Jaccard, case Jaccard and case
+    Dice (means over structures), from its per-case rows (``MetricsCollector.case_rows``); None
+    with fewer than :data:`MIN_CASES` cases."""
+    if len(case_rows) < MIN_CASES:
+        return None
+    slices = np.array([float(r["n_slices"]) for r in case_rows])
+    ones = np.ones(len(case_rows))
+    per_case = {
+        "jaccard": (np.array([r["slice_jaccard"] * r["n_slices"] for r in case_rows]), slices),
+        "volume_jaccard": (np.array([np.mean([r[f"volume_jaccard_{n}"] for n in names]) for r in case_rows]), ones),
+        "volume_dice": (np.array([np.mean([r[f"volume_dice_{n}"] for n in names]) for r in case_rows]), ones),
+    }
+    out: dict = {"level": level, "n_cases": len(case_rows), "method": "bootstrap over cases"}
+    for metric, (sums, counts) in per_case.items():
+        out[metric] = list(case_interval(sums, counts, level=level))
+    return out
 
 
 def describe(result: dict, reference: str = "the reference") -> str:

@@ -28,6 +28,7 @@ from jnet import __version__
 from jnet.cache.reader import SliceDataset, make_loader, open_prepared
 from jnet.cache.schema import check_compatible
 from jnet.errors import ConfigError, DataError, OutputError
+from jnet.evaluation.compare import score_intervals
 from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsCollector, jsonable
 from jnet.models.blocks import upsample_bilinear
 from jnet.training.checkpoint import load_model, resolve
@@ -148,6 +149,8 @@ def evaluate(
     summary = collector.summary()
     result = {
         **summary,
+        # how far each mean could move on other test cases (None with too few cases)
+        "interval": score_intervals(collector.case_rows, names),
         "model": config,
         "arch": config.get("arch"),
         "task": {"kind": kind, "names": list(task["names"]), "structures": names},
