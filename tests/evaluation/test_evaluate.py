@@ -341,3 +341,23 @@ def test_overlays_use_the_radiological_view():
     sagittal = radiological(np.diag([1.0, 1.0, 1.0, 1.0]), axis=0)  # rows = y, cols = z
     assert sagittal.edges == ("A", "P")
     assert radiological(None, 2)(ras) is not None and radiological(None, 2).edges is None
+
+
+def test_overlays_zoom_to_the_anatomy():
+    """A small head in a large uniform field is framed (with the masks and a margin); a noisy
+    background leaves the whole field."""
+    from jnet.evaluation.overlays import _zoom
+
+    image = np.full((64, 64), -1.0)
+    image[20:30, 34:44] = np.random.default_rng(0).uniform(0, 2, (10, 10))  # the anatomy
+    mask = np.zeros((1, 128, 128), bool)
+    mask[0, 36:40, 60:66] = True  # on the output grid, inside the anatomy
+    far = np.zeros((1, 128, 128), bool)
+    far[0, 100:104, 60:62] = True  # a prediction outside it
+    x0, x1, y0, y1 = _zoom(image, 128, mask)
+    assert x1 - x0 == y1 - y0 and 32 <= x1 - x0 < 64  # square, at least S/4, closer than the field
+    assert x0 <= 68 and x1 >= 88 and y0 <= 40 and y1 >= 60  # the anatomy (x 68-88, y 40-60 on S)
+    x0, x1, y0, y1 = _zoom(image, 128, mask, far)
+    assert y1 >= 104  # every mask stays in the frame
+    noisy = np.random.default_rng(1).normal(0, 1, (64, 64))
+    assert _zoom(noisy, 128) == (0.0, 128.0, 0.0, 128.0)

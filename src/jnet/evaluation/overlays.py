@@ -1,7 +1,8 @@
 """Overlay figures for evaluation: the low-resolution input the model saw, and the high-resolution
 image with the prediction (solid) and the ground truth (dashed) contoured in one panel, one colour
-per structure, shown in the orientation radiological viewers use. Matplotlib's object API on the
-Agg canvas: no pyplot global state, no display needed."""
+per structure, shown in the orientation radiological viewers use and framed on the anatomy (a
+small head in a large field of view is shown large enough to read its contours). Matplotlib's
+object API on the Agg canvas: no pyplot global state, no display needed."""
 from __future__ import annotations
 
 import os
@@ -99,7 +100,11 @@ def save_overlay(
     ax_low, ax_high = fig.subplots(1, 2)
     channel = f" ({channel_name})" if channel_name else ""
     _image(ax_low, low, f"model input {low.shape[-1]}x{low.shape[-1]}{channel}")
-    size = _panel(ax_high, high, view(np.asarray(pred, dtype=bool)), view(np.asarray(gt, dtype=bool)), view)
+    pred, gt = view(np.asarray(pred, dtype=bool)), view(np.asarray(gt, dtype=bool))
+    size = _panel(ax_high, high, pred, gt, view)
+    box = _zoom(high, size, pred, gt)
+    _frame(ax_high, box, size, size)
+    _frame(ax_low, box, size, low.shape[-1])
     ax_high.set_title(f"{size}x{size}: prediction (solid), ground truth (dashed)", fontsize=10)
     _legend(fig, names)
     if title:
@@ -142,8 +147,12 @@ def save_comparison(path: str | os.PathLike, rows: Sequence[dict], models: Seque
                         ha="right", va="center", fontsize=8)
         high = view(np.asarray(row["high_res"], dtype=np.float32)[0])
         gt = view(np.asarray(row["gt"], dtype=bool))
+        preds = {model: view(np.asarray(row["preds"][model], dtype=bool)) for model in models}
+        box = _zoom(high, gt.shape[-1], gt, *preds.values())  # one frame per row: the panels stay comparable
+        _frame(axes[r][0], box, gt.shape[-1], low.shape[-1])
         for c, model in enumerate(models, start=1):
-            _panel(axes[r][c], high, view(np.asarray(row["preds"][model], dtype=bool)), gt, view)
+            size = _panel(axes[r][c], high, preds[model], gt, view)
+            _frame(axes[r][c], box, size, size)
             axes[r][c].set_title(f"{model}: Jaccard {row['jaccard'][model]:.2f}", fontsize=8)
     _legend(fig, names)
     if title:
@@ -193,6 +202,39 @@ def _panel(ax, high: np.ndarray, pred: np.ndarray, gt: np.ndarray, view) -> int:
         ax.text(0.99, 0.5, right, transform=ax.transAxes, color="yellow", fontsize=8, va="center",
                 ha="right")
     return size
+
+
+def _zoom(image: np.ndarray, size: int, *masks: np.ndarray) -> tuple[float, float, float, float]:
+    """The square ``(x0, x1, y0, y1)``, in pixels of the ``size x size`` panel, that holds the
+    anatomy (pixels of ``image`` away from the background value of its border), the masks and a
+    margin: a small head in a large field of view is shown large enough to read its contours. The
+    whole field where the background is not uniform."""
+    scale = size / image.shape[-1]  # the image may be the input, on a coarser grid
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    lo, hi = _window(image)
+    rows, cols = np.nonzero(np.abs(image - np.median(border)) > 0.1 * max(hi - lo, 1e-6))
+    boxes = [(rows.min() * scale, (rows.max() + 1) * scale, cols.min() * scale, (cols.max() + 1) * scale)] \
+        if rows.size else []
+    for m in masks:
+        r, c = np.nonzero(np.asarray(m).reshape(-1, size, size).any(0))
+        if r.size:
+            boxes.append((r.min(), r.max() + 1, c.min(), c.max() + 1))
+    if not boxes:
+        return 0.0, float(size), 0.0, float(size)
+    top, bottom = min(b[0] for b in boxes), max(b[1] for b in boxes)
+    left, right = min(b[2] for b in boxes), max(b[3] for b in boxes)
+    side = min(float(size), max(size / 4, 1.1 * max(bottom - top, right - left) + 4))
+    x0, y0 = (min(max((a + b) / 2 - side / 2, 0.0), size - side) for a, b in ((left, right), (top, bottom)))
+    return x0, x0 + side, y0, y0 + side
+
+
+def _frame(ax, box: tuple[float, float, float, float], size: int, shown: int) -> None:
+    """Show ``box`` (in pixels of the ``size`` grid) of a panel drawn on a ``shown`` grid: the
+    ``S x S`` panels span (0, S), an input of ``s x s`` pixels spans (-0.5, s - 0.5)."""
+    x0, x1, y0, y1 = (v * shown / size for v in box)
+    shift = 0.0 if shown == size else -0.5
+    ax.set_xlim(x0 + shift, x1 + shift)
+    ax.set_ylim(y1 + shift, y0 + shift)  # rows grow downwards
 
 
 def _legend(fig, names: Sequence[str]) -> None:
