@@ -77,6 +77,9 @@ def test_mismatched_evaluations_are_refused(tmp_path):
         paired_gain([a, a], [a])
     with pytest.raises(DataError, match="no per_slice.csv"):
         read_scores(tmp_path)
+    (tmp_path / "a" / "per_slice.csv").write_text("index,case_id,jaccard_gland\n0,case_0,oops\n")
+    with pytest.raises(DataError, match="unreadable per_slice.csv.*oops"):
+        read_scores(tmp_path / "a")
 
 
 def test_cli_prints_the_gain_and_writes_json(tmp_path, capsys):

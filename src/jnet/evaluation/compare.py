@@ -57,14 +57,17 @@ def read_scores(folder: str | Path) -> SliceScores:
     if not rows or not columns or "index" not in rows[0]:
         raise DataError(f"{table}: expected columns index, case_id and jaccard_<structure> and at "
                         f"least one slice")
-    order = np.argsort([int(r["index"]) for r in rows], kind="stable")
-    rows = [rows[i] for i in order]
-    degenerate = None
-    if (folder / "metrics.json").is_file():
-        degenerate = json.loads((folder / "metrics.json").read_text()).get("degenerate") or None
-    return SliceScores(folder, np.array([int(r["index"]) for r in rows]),
-                       np.array([r["case_id"] for r in rows]),
-                       np.array([np.mean([float(r[c]) for c in columns]) for r in rows]), degenerate)
+    try:
+        index = np.array([int(r["index"]) for r in rows])
+        case = np.array([r["case_id"] for r in rows])
+        jaccard = np.array([np.mean([float(r[c]) for c in columns]) for r in rows])
+        degenerate = None
+        if (folder / "metrics.json").is_file():
+            degenerate = json.loads((folder / "metrics.json").read_text()).get("degenerate") or None
+    except (KeyError, TypeError, ValueError) as e:  # a hand-edited or truncated file
+        raise DataError(f"{folder}: unreadable per_slice.csv or metrics.json ({type(e).__name__}: {e})") from e
+    order = np.argsort(index, kind="stable")
+    return SliceScores(folder, index[order], case[order], jaccard[order], degenerate)
 
 
 def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], *,
@@ -77,9 +80,9 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
 
     Returns:
         ``gain`` (mean over the pairs), ``per_seed``, ``ci_low``/``ci_high`` (None with fewer than
-        :data:`MIN_CASES` test cases), ``level``, ``ahead`` (pairs with a positive gain), ``n_pairs``, ``excluded``,
-        ``n_cases``, ``n_slices``, ``resamples``; Jaccard as a fraction. ``gain`` is None when no
-        pair is left.
+        :data:`MIN_CASES` test cases), ``level``, ``ahead`` (pairs with a positive gain),
+        ``n_pairs``, ``excluded``, ``n_cases``, ``n_slices``, ``resamples``; Jaccard as a
+        fraction. ``gain`` is None when no pair is left.
     Raises:
         DataError: the lists differ in length or are empty, or two evaluations scored other slices.
     """

@@ -262,19 +262,21 @@ def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[C
     figures = ["jaccard_vs_size.png", "pareto.png"]
     if write_samples(out, sweep, cells):
         figures.append("samples.png")
-    comparisons = paired_comparisons(out, sweep, cells)
+    comparisons = paired_comparisons(out, sweep, cells, rows)
     if comparisons:
         report.write_comparison_csv(comparisons, out / "comparison.csv")
     return write_report(out, sweep, cells, aggregated, table, figures, comparisons)
 
 
-def paired_comparisons(out: Path, sweep: Mapping, cells: Sequence[Cell]) -> list[dict]:
+def paired_comparisons(out: Path, sweep: Mapping, cells: Sequence[Cell], rows: Sequence[dict]) -> list[dict]:
     """Each J-Net model's paired gain over the sweep's reference at every input size they share,
-    seed by seed on the same test slices (:func:`jnet.evaluation.compare.paired_gain`)."""
+    seed by seed on the same test slices (:func:`jnet.evaluation.compare.paired_gain`), over the
+    finished cells (those with a row)."""
     from jnet.evaluation.compare import paired_gain, read_scores
 
     reference = sweep.get("reference", "baseline")
-    by_key = {(c.model, c.in_size, c.seed): c for c in cells}
+    finished = {(r["model"], int(r["in_size"]), int(r["seed"])) for r in rows}
+    by_key = {(c.model, c.in_size, c.seed): c for c in cells if (c.model, c.in_size, c.seed) in finished}
     results = []
     for model in sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"}):
         for size in sorted({c.in_size for c in cells if c.model == model}):
