@@ -77,6 +77,11 @@ def test_mismatched_evaluations_are_refused(tmp_path):
         paired_gain([a, a], [a])
     with pytest.raises(DataError, match="no per_slice.csv"):
         read_scores(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "a").rename(tmp_path / "run" / "eval")  # a run folder holding its evaluation
+    with pytest.raises(DataError, match=r"did you mean .*run/eval\?"):
+        read_scores(tmp_path / "run")
+    (tmp_path / "run" / "eval").rename(tmp_path / "a")
     (tmp_path / "a" / "per_slice.csv").write_text("index,case_id,jaccard_gland\n0,case_0,oops\n")
     with pytest.raises(DataError, match="unreadable per_slice.csv.*oops"):
         read_scores(tmp_path / "a")

@@ -50,7 +50,9 @@ def read_scores(folder: str | Path) -> SliceScores:
     folder = Path(folder)
     table = folder / "per_slice.csv"
     if not table.is_file():
-        raise DataError(f"{folder}: no per_slice.csv; expected a folder written by `jnet evaluate --out`")
+        hint = f" (did you mean {folder / 'eval'}?)" if (folder / "eval" / "per_slice.csv").is_file() else ""
+        raise DataError(f"{folder}: no per_slice.csv; expected a folder written by `jnet evaluate "
+                        f"--out`{hint}")
     with open(table, newline="") as f:
         rows = list(csv.DictReader(f))
     columns = [c for c in (rows[0] if rows else {}) if c.startswith("jaccard_")]
