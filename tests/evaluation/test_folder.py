@@ -137,3 +137,24 @@ def test_an_empty_folder_is_named(tmp_path):
         evaluate_folder(tmp_path / "p", tmp_path / "l")
     with pytest.raises(DataError, match=r"l: no NIfTI prediction"):
         evaluate_folder(tmp_path / "l", tmp_path / "p")
+
+
+def test_means_come_with_an_interval_over_the_cases(folders, tmp_path):
+    from jnet.evaluation.compare import MIN_CASES
+
+    root, _, _ = folders
+    few = evaluate_folder(root / "pred", root / "labels", structures={"outer": [1, 2]})
+    assert few["foreground_mean"]["outer"]["dice_interval"] is None  # two cases: too few
+    gt = np.zeros((20, 20, 4), np.uint8)
+    gt[4:16, 4:16, 1:3] = 1
+    for i in range(MIN_CASES):
+        save(tmp_path / "many" / "labels" / f"c{i}.nii.gz", gt)
+        save(tmp_path / "many" / "pred" / f"c{i}.nii.gz", np.roll(gt, i % 4, axis=0))  # 0-3 voxels off
+    many = evaluate_folder(tmp_path / "many" / "pred", tmp_path / "many" / "labels", structures={"fg": [1]})
+    fg = many["foreground_mean"]["fg"]
+    for m in ("dice", "jaccard", "nsd"):
+        low, high = fg[f"{m}_interval"]
+        assert low < fg[m] < high <= 1, m
+    from jnet.evaluation.folder import summary_table
+
+    assert f"{fg['dice_interval'][0]:.4f}-{fg['dice_interval'][1]:.4f}" in summary_table(many)

@@ -198,12 +198,20 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
 
 
 def _means(rows: list[dict], structures: Mapping[str, Sequence[int]], foreground: bool) -> dict:
+    """Per structure: the mean of each metric over the cases (or those that contain it), and a 95%
+    interval over the cases for Dice, Jaccard and NSD (None below ``compare.MIN_CASES``)."""
+    from jnet.evaluation.compare import case_interval
+
     out = {}
     for name in structures:
         scores = [r["structures"][name] for r in rows if not foreground or r["structures"][name]["n_gt"] > 0]
         out[name] = {m: _mean([s[m] for s in scores]) for m in ("dice", "jaccard", "hd95", "nsd")}
         out[name]["n_cases"] = len(scores)
         out[name]["hd95_undefined"] = sum(1 for s in scores if not math.isfinite(s["hd95"]))
+        for m in ("dice", "jaccard", "nsd"):
+            values = np.array([s[m] for s in scores], dtype=np.float64)
+            interval = case_interval(values, np.ones(len(values)))
+            out[name][f"{m}_interval"] = list(interval) if interval else None
     return out
 
 
@@ -224,14 +232,16 @@ def _csv(rows: list[dict], structures: Mapping[str, Sequence[int]]) -> str:
 
 def summary_table(summary: Mapping[str, Any]) -> str:
     """Markdown: per structure, the foreground-only means first, then the means over all cases."""
-    lines = ["| structure | cases with it | Dice | Jaccard | HD95 mm | NSD | Dice (all cases) | HD95 undef. |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| structure | cases with it | Dice | Dice 95% interval | Jaccard | HD95 mm | NSD | "
+             "Dice (all cases) | HD95 undef. |", "|---|---|---|---|---|---|---|---|---|"]
 
     def f(v: Any, digits: int = 4) -> str:
         return "n/a" if v is None else f"{v:.{digits}f}"
 
     for name, fg in summary["foreground_mean"].items():
         every = summary["mean"][name]
-        lines.append(f"| {name} | {fg['n_cases']} | {f(fg['dice'])} | {f(fg['jaccard'])} | "
+        interval = fg.get("dice_interval")
+        shown = f"{interval[0]:.4f}-{interval[1]:.4f}" if interval else "n/a (too few cases)"
+        lines.append(f"| {name} | {fg['n_cases']} | {f(fg['dice'])} | {shown} | {f(fg['jaccard'])} | "
                      f"{f(fg['hd95'], 2)} | {f(fg['nsd'])} | {f(every['dice'])} | {every['hd95_undefined']} |")
     return "\n".join(lines)
