@@ -23,3 +23,12 @@ def test_truncated_and_corrupt_streams_raise():
         gunzip(packed[: len(packed) // 2])
     with pytest.raises(OSError):
         gunzip(packed[:10] + b"\xff" * 40 + packed[50:])
+
+
+def test_every_member_is_read_and_zero_padding_ignored():
+    """gzip allows several members in one file (e.g. concatenated or block-compressed files)."""
+    first, second = b"jnet" * 5_000, bytes(range(256)) * 100
+    assert gunzip(gzip.compress(first) + gzip.compress(second) + b"\0" * 64) == first + second
+    assert gunzip(gzip_bytes(first) + b"\0" * 8) == first
+    with pytest.raises(OSError):
+        gunzip(gzip_bytes(first) + b"not gzip")
