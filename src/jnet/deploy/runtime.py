@@ -181,11 +181,14 @@ def check_input(x: Any, meta: ModelMeta, source: str = "input") -> np.ndarray:
 ORT_CPU_BATCH_PIXELS = 4 * 256 * 256
 
 #: Slices per model call when the caller does not say: as many as keep one call within this many
-#: input pixels and output values (16 slices of a network at 256x256, 64 of a J-Net's binary
-#: 256x256 output), so that a volume's slices usually go in one call: each call costs eager PyTorch
-#: a few ms on top of its work (J-Net-16, 20 slices, 2 threads: 20-21 ms in one call, 28-30 ms in
-#: calls of 16 and 4; benchmarks/bench_deploy.py).
-AUTO_BATCH_INPUT_PIXELS = 16 * 256 * 256
+#: input pixels and output values (4 slices of a network at 256x256, 16 at 128x128, 64 of a
+#: J-Net's binary 256x256 output), so that a small-input J-Net's volume goes in one call: each
+#: call costs eager PyTorch a few ms on top of its work (J-Net-16, 20 slices, 2 threads: 20-21 ms
+#: in one call, 28-30 ms in calls of 16 and 4; benchmarks/bench_deploy.py), while large inputs run
+#: slower per image in large batches, in PyTorch as in ONNX Runtime (20 slices, 2 threads, three
+#: alternated runs: the base at 256x256 1.94-2.39 s in calls of 4 against 2.29-2.60 s in calls of
+#: 16; J-Net-128 0.48-0.53 s in calls of 4, 0.54-0.61 s of 16, 0.62-0.63 s in one call).
+AUTO_BATCH_INPUT_PIXELS = ORT_CPU_BATCH_PIXELS
 AUTO_BATCH_OUTPUT_VALUES = 64 * 256 * 256
 
 
