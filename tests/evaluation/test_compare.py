@@ -100,7 +100,7 @@ def test_cli_prints_the_gain_and_writes_json(tmp_path, capsys):
                  "--against", str(tmp_path / "r0"), str(tmp_path / "r1"), "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0
-    assert "per seed: +2.0, +2.0 points" in text and f"over the {MIN_CASES} test cases +2.0 to +2.0" in text
+    assert "per seed: +2.0, +2.0 points" in text and f"over the {MIN_CASES} cases +2.0 to +2.0" in text
     assert json.loads(out.read_text())["gain"] == pytest.approx(0.02)
     assert main(["compare", str(tmp_path / "m0"), "--against", str(tmp_path)]) == 2
     assert "no per_slice.csv" in capsys.readouterr().err

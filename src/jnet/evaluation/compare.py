@@ -160,10 +160,10 @@ def describe(result: dict, reference: str = "the reference") -> str:
         return f"no gain measured: every pair has a degenerate model ({result['excluded']} left out)"
     text = f"{100 * result['gain']:+.1f} points"
     if result["ci_low"] is not None:
-        text += (f", {100 * result['level']:.0f}% CI over the {result['n_cases']} test cases "
+        text += (f", {100 * result['level']:.0f}% CI over the {result['n_cases']} cases "
                  f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
     else:
-        text += f", no interval: {result['n_cases']} test case(s), fewer than {MIN_CASES}"
+        text += f", no interval: {result['n_cases']} case(s), fewer than {MIN_CASES}"
     text += f"; ahead of {reference} on {result['ahead']} of {result['n_pairs']} seed(s)"
     if result["excluded"]:
         text += f" ({result['excluded']} pair(s) with a degenerate model left out)"
