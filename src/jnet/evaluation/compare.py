@@ -154,16 +154,20 @@ def score_intervals(case_rows: Sequence[dict], names: Sequence[str], *, level: f
     return out
 
 
+def interval_text(result: dict) -> str:
+    """A :func:`paired_gain` result's interval in points, e.g. ``95% CI over the 10 cases +0.6 to
+    +1.9``, or why there is none."""
+    if result["ci_low"] is None:
+        return f"no interval: {result['n_cases']} case(s), fewer than {MIN_CASES}"
+    return (f"{100 * result['level']:.0f}% CI over the {result['n_cases']} cases "
+            f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
+
+
 def describe(result: dict, reference: str = "the reference") -> str:
     """One line: the gain in points, the interval and the seeds ahead."""
     if result["gain"] is None:
         return f"no gain measured: every pair has a degenerate model ({result['excluded']} left out)"
-    text = f"{100 * result['gain']:+.1f} points"
-    if result["ci_low"] is not None:
-        text += (f", {100 * result['level']:.0f}% CI over the {result['n_cases']} cases "
-                 f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
-    else:
-        text += f", no interval: {result['n_cases']} case(s), fewer than {MIN_CASES}"
+    text = f"{100 * result['gain']:+.1f} points, {interval_text(result)}"
     text += f"; ahead of {reference} on {result['ahead']} of {result['n_pairs']} seed(s)"
     if result["excluded"]:
         text += f" ({result['excluded']} pair(s) with a degenerate model left out)"

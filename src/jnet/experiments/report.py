@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jnet.evaluation.compare import interval_text
 from jnet.utils.atomic import write_text
 from jnet.utils.plots import pyplot, save_png
 
@@ -129,16 +130,14 @@ COMPARISON_FIELDS = ("model", "reference", "in_size", "gain", "ci_low", "ci_high
 def comparison_table(comparisons: Sequence[dict]) -> str:
     """Markdown: each model's paired gain over the reference at one input size (Jaccard points),
     with its interval over the test cases and the seeds it is ahead on."""
-    lines = ["| model | reference | input | gain, points | CI over test cases | per seed | seeds ahead |",
+    lines = ["| model | reference | input | gain, points | interval | per seed | seeds ahead |",
              "|---|---|---|---|---|---|---|"]
     for c in comparisons:
         if c["gain"] is None:
             gain = interval = per_seed = "degenerate"
         else:
             gain = f"{100 * c['gain']:+.1f}"
-            interval = (f"none: {c['n_cases']} case(s)" if c["ci_low"] is None else
-                        f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f} "
-                        f"({100 * c['level']:.0f}%, {c['n_cases']} cases)")
+            interval = interval_text(c)
             per_seed = ", ".join(f"{100 * g:+.1f}" for g in c["per_seed"])
         ahead = f"{c['ahead']} of {c['n_pairs']}" + (f" ({c['excluded']} degenerate left out)" if c["excluded"] else "")
         lines.append(f"| {c['model']} | {c['reference']} | {c['in_size']}² | {gain} | {interval} | {per_seed} | {ahead} |")
@@ -275,8 +274,7 @@ def gain_summary(aggregated: Sequence[dict], model: str = "jnet", reference: str
             verdict = verdict_spread + ("within the seed spread" if abs(gain) <= spread else ("better" if gain > 0 else "worse"))
         result = (paired or {}).get((name, size))
         if result and result["ci_low"] is not None:
-            verdict += (f"; {100 * result['level']:.0f}% CI over the {result['n_cases']} test cases "
-                        f"{100 * result['ci_low']:+.1f} to {100 * result['ci_high']:+.1f}")
+            verdict += f"; {interval_text(result)}"
         speed = ""
         if math.isfinite(a["images_per_s"]) and math.isfinite(b["images_per_s"]) and b["images_per_s"] > 0:
             speed = f"; speed {a['images_per_s'] / b['images_per_s']:.2f}x of {reference}"
