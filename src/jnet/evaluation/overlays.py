@@ -93,18 +93,11 @@ def save_overlay(
 
     Shape: ``image (C, s, s)``, ``high_res (C, S, S)``, ``pred`` and ``gt`` ``(K, S, S)`` bool.
     """
-    view = radiological(affine, axis)
-    low = view(np.asarray(image, dtype=np.float32)[0])
-    high = view(np.asarray(high_res, dtype=np.float32)[0]) if high_res is not None else low
     fig = _figure((8.6, 4.6))
     ax_low, ax_high = fig.subplots(1, 2)
+    s, size = _row(ax_low, [ax_high], image, high_res, [pred], gt, radiological(affine, axis))
     channel = f" ({channel_name})" if channel_name else ""
-    _image(ax_low, low, f"model input {low.shape[-1]}x{low.shape[-1]}{channel}")
-    pred, gt = view(np.asarray(pred, dtype=bool)), view(np.asarray(gt, dtype=bool))
-    size = _panel(ax_high, high, pred, gt, view)
-    box = _zoom(high, size, pred, gt)
-    _frame(ax_high, box, size, size)
-    _frame(ax_low, box, size, low.shape[-1])
+    ax_low.set_title(f"model input {s}x{s}{channel}", fontsize=10)
     ax_high.set_title(f"{size}x{size}: prediction (solid), ground truth (dashed)", fontsize=10)
     _legend(fig, names)
     if title:
@@ -138,27 +131,40 @@ def save_comparison(path: str | os.PathLike, rows: Sequence[dict], models: Seque
     fig = _figure((2.6 * (len(models) + 1), 2.75 * len(rows) + 0.5))
     axes = fig.subplots(len(rows), len(models) + 1, squeeze=False)
     for r, row in enumerate(rows):
-        view = radiological(row.get("affine"), int(row.get("axis", 2)))
-        low = view(np.asarray(row["image"], dtype=np.float32)[0])
-        _image(axes[r][0], low, "")
+        s, _ = _row(axes[r][0], axes[r][1:], row["image"], row["high_res"],
+                    [row["preds"][model] for model in models], row["gt"],
+                    radiological(row.get("affine"), int(row.get("axis", 2))))
         if r == 0:
-            axes[r][0].set_title(f"model input {low.shape[-1]}x{low.shape[-1]}", fontsize=8)
+            axes[r][0].set_title(f"model input {s}x{s}", fontsize=8)
         axes[r][0].text(-0.04, 0.5, row.get("label", ""), transform=axes[r][0].transAxes, rotation=90,
                         ha="right", va="center", fontsize=8)
-        high = view(np.asarray(row["high_res"], dtype=np.float32)[0])
-        gt = view(np.asarray(row["gt"], dtype=bool))
-        preds = {model: view(np.asarray(row["preds"][model], dtype=bool)) for model in models}
-        box = _zoom(high, gt.shape[-1], gt, *preds.values())  # one frame per row: the panels stay comparable
-        _frame(axes[r][0], box, gt.shape[-1], low.shape[-1])
         for c, model in enumerate(models, start=1):
-            size = _panel(axes[r][c], high, preds[model], gt, view)
-            _frame(axes[r][c], box, size, size)
             axes[r][c].set_title(f"{model}: Jaccard {row['jaccard'][model]:.2f}", fontsize=8)
     _legend(fig, names)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0.02, 0.05, 1, 0.95 if title else 1))
     return _save(fig, path)
+
+
+def _row(ax_low, pred_axes, image: np.ndarray, high_res: np.ndarray | None, preds: Sequence[np.ndarray],
+         gt: np.ndarray, view) -> tuple[int, int]:
+    """One slice: the model input on ``ax_low``, and each prediction with the ground truth on the
+    high-resolution image (the input stretched where there is none) on ``pred_axes``, all shown
+    in ``view`` and framed on the same region; returns ``(s, S)``."""
+    low = view(np.asarray(image, dtype=np.float32)[0])
+    high = view(np.asarray(high_res, dtype=np.float32)[0]) if high_res is not None else low
+    gt = view(np.asarray(gt, dtype=bool))
+    preds = [view(np.asarray(p, dtype=bool)) for p in preds]
+    _image(ax_low, low, "")
+    for ax, pred in zip(pred_axes, preds):
+        _panel(ax, high, pred, gt, view)
+    size = gt.shape[-1]
+    box = _zoom(high, size, gt, *preds)  # one frame per row: the panels stay comparable
+    _frame(ax_low, box, size, low.shape[-1])
+    for ax in pred_axes:
+        _frame(ax, box, size, size)
+    return low.shape[-1], size
 
 
 def _figure(size: tuple[float, float]):
