@@ -244,6 +244,8 @@ def test_bench_models_reports_paired_ratios_with_their_range(capsys):
     assert len(ratios) == 4  # default eval path, unfolded, bilinear baseline, channels last / NCHW
     for median, low, high in ratios:
         assert 0 < float(low) <= float(median) <= float(high)
+    (median, low, high), = re.findall(r"(\d+\.\d+)% \((\d+\.\d+)-(\d+\.\d+)\)", row)  # the head alone
+    assert 0 < float(low) <= float(median) <= float(high)
 
 
 def test_bench_models_takes_image_and_logit_channels_and_the_head_width(capsys):
@@ -267,6 +269,8 @@ def test_bench_models_takes_image_and_logit_channels_and_the_head_width(capsys):
     assert module.main(args + ["--head-hidden", "8"]) == 0
     narrow = capsys.readouterr().out
     assert "head subpixel (hidden 8)" in narrow and macs(narrow)[1] < jnet1
+    assert module.main(args + ["--variant", "clean"]) == 0
+    assert "clean width 4" in capsys.readouterr().out
 
 
 def test_bench_nifti_reads_every_stored_form_as_nibabel_does(capsys):

@@ -351,6 +351,19 @@ def test_eval_mode_folds_automatically_and_exactly(head):
     assert not any(k.startswith("_auto") for k in model.state_dict())
 
 
+@pytest.mark.parametrize("head", ["paper", "subpixel"])
+def test_upsample_is_the_eval_forward_after_the_base(head):
+    """JNet.upsample (the head alone, as benchmarks time it) gives the eval forward's output from
+    the base's, folded (paper) or as it is (subpixel)."""
+    model = build_model(variant="faithful", width=4, in_size=16, out_size=64, head=head).eval()
+    _randomise_head(model)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.inference_mode():
+        whole, alone = model(x), model.upsample(model.base(x), x)
+    assert alone.shape == (2, 1, 64, 64)
+    np.testing.assert_array_equal(alone.numpy(), whole.numpy())
+
+
 def _folded_and_unfolded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The default eval output (folded) and the head as trained, without autograd."""
     with torch.no_grad():

@@ -115,6 +115,15 @@ class JNet(nn.Module):
                 raise ConfigError("model: this J-Net has a folded head, which is inference-only; "
                                   "train the unfolded model and fold it again (fold_head)")
             return self.head(out, x)
+        return self.upsample(out, x)
+
+    def upsample(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The eval-mode head alone: the base's output ``out`` for the input ``x`` to the prediction
+        at ``out_size`` (folded where it can be, as ``forward`` runs it; timed on its own by
+        ``benchmarks/bench_models.py``).
+
+        Shape: ``(B, C + code, s, s), (B, Cin, s, s) -> (B, C, S, S)``.
+        """
         if self.folded_head is not None:
             return self.folded_head(out)
         folded = self._fold_for_inference()
