@@ -29,11 +29,11 @@ from jnet.utils.atomic import claim_dir, swap_dir, write_text
 
 # Training recipe shared by every demo cell: the recommended recipe (area-averaged low-resolution
 # input, the subpixel head at 20x the learning rate, BCE + Dice at every scale against class
-# imbalance, AdamW + cosine), small enough for a CPU: width 8, flips only, and one hidden layer in
-# the head (the recommended configs use two; the README's demo figures were measured with one).
+# imbalance, AdamW + cosine, the head's two hidden layers), small enough for a CPU: width 8, flips only.
 RECIPE = {
     "data": {"downsample": "area"},
-    "model": {"base": "elunet", "variant": "clean", "width": 8, "norm": "batch", "head": "subpixel"},
+    "model": {"base": "elunet", "variant": "clean", "width": 8, "norm": "batch", "head": "subpixel",
+              "head_layers": 2},
     "loss": {"lowres_target": "area", "mid_target": "area", "dice_weight": 1.0},
     "train": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine",
               "warmup": 1, "num_workers": 0, "precision": "32",
