@@ -1,6 +1,7 @@
 """Eager CPU throughput of the base alone vs J-Net (folded and unfolded head), as a Markdown table.
 
-For each input size s: the faithful ELU-Net base (width 16) at s, and J-Net-s = that base plus a
+For each input size s: the ELU-Net base (width 16; the reference's faithful variant, or with
+``--variant clean`` the recommended configs') at s, and J-Net-s = that base plus a
 head up to S (256; 320 for s = 80 and 160): the published head (``--head paper``), evaluated on
 the default eval path (``model.eval(); model(x)``, which folds an affine head by itself) and
 unfolded (``auto_fold = False``, to show what the fold buys), or jnet's
