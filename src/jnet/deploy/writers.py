@@ -54,8 +54,8 @@ def write_overlay(path: Path, image: np.ndarray, encoded: np.ndarray, axis: int,
     from PIL import Image
 
     from jnet.transforms import tasks
-    # the evaluation overlays' colours and orientation rule
-    from jnet.evaluation.overlays import COLOURS, radiological
+    # the evaluation overlays' colours, grey window and orientation rule
+    from jnet.evaluation.overlays import COLOURS, grey_window, radiological
 
     view = radiological(affine, axis)
     enc = np.moveaxis(encoded, axis, 0)
@@ -64,7 +64,7 @@ def write_overlay(path: Path, image: np.ndarray, encoded: np.ndarray, axis: int,
     k = int(area.argmax()) if area.max() > 0 else len(enc) // 2
     enc_k = np.ascontiguousarray(view(enc[k]))
     gray = np.array(view(img[k]), dtype=np.float32)
-    lo, hi = np.percentile(gray, [1, 99]) if gray.size else (0.0, 1.0)
+    lo, hi = grey_window(gray)
     gray = np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(gray[..., None] * 255.0, 3, axis=-1)
     masks = tasks.masks_from_label(torch.from_numpy(enc_k[None].astype(np.int64)),

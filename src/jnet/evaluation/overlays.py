@@ -176,14 +176,14 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-def _window(a: np.ndarray) -> tuple[float, float]:
+def grey_window(a: np.ndarray) -> tuple[float, float]:
     """The 1st-99th percentile grey window (robust to a few bright voxels)."""
     finite = a[np.isfinite(a)]
     return tuple(np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
 
 
 def _image(ax, a: np.ndarray, title: str, size: int | None = None) -> None:
-    lo, hi = _window(a)
+    lo, hi = grey_window(a)
     extent = (0, size, size, 0) if size else None
     ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
     ax.set_axis_off()
@@ -217,7 +217,7 @@ def _zoom(image: np.ndarray, size: int, *masks: np.ndarray) -> tuple[float, floa
     whole field where the background is not uniform."""
     scale = size / image.shape[-1]  # the image may be the input, on a coarser grid
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    lo, hi = _window(image)
+    lo, hi = grey_window(image)
     rows, cols = np.nonzero(np.abs(image - np.median(border)) > 0.1 * max(hi - lo, 1e-6))
     boxes = [(rows.min() * scale, (rows.max() + 1) * scale, cols.min() * scale, (cols.max() + 1) * scale)] \
         if rows.size else []
