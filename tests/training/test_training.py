@@ -516,3 +516,31 @@ def test_ema_decay_out_of_range_is_refused(cache, tmp_path, ema):
     with pytest.raises(ConfigError, match="train.ema: expected a (value between 0 and 1|number)"):
         train(config_from_dict(tiny(cache, ema=ema)), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_drops_lightnings_advert_and_keeps_its_other_messages():
+    import logging
+
+    from jnet.training.run import _process_state
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler = Keep(logging.INFO)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    advert = "💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)"
+    try:
+        with _process_state(quiet=False):
+            logger.info(advert)
+            logger.info("GPU available: False, used: False")
+        logger.info(advert)  # outside training the filter is gone again
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records == ["GPU available: False, used: False", advert]

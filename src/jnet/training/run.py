@@ -210,15 +210,25 @@ def _close_manifest(run_dir: Path, manifest: dict, status: str, best: Optional[d
         warnings.warn(f"{run_dir / CURVES}: not drawn ({e})")
 
 
+def _no_advert(record: logging.LogRecord) -> bool:
+    """False for Lightning's tip that advertises its cloud logger: not a message about the run."""
+    return "litlogger" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _process_state(quiet: bool) -> Iterator[None]:
     """Restore what a Trainer changes for the whole process: deterministic-algorithm flags, the
-    SIGINT handler (Lightning ignores Ctrl+C after one), and, with ``quiet``, Lightning's log level."""
+    SIGINT handler (Lightning ignores Ctrl+C after one), and, with ``quiet``, Lightning's log level.
+    Meanwhile Lightning's advertising tip is dropped."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     sigint = signal.getsignal(signal.SIGINT)
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
+    # Lightning's info messages go through the logger of whichever rank_zero module set it last
+    tips = [logging.getLogger(f"{name}.utilities.rank_zero") for name in ("lightning.pytorch", "lightning.fabric")]
+    for logger in tips:
+        logger.addFilter(_no_advert)
     if quiet:  # no "GPU available", tips, ...
         for logger in loggers:
             logger.setLevel(logging.WARNING)
@@ -230,6 +240,8 @@ def _process_state(quiet: bool) -> Iterator[None]:
             signal.signal(signal.SIGINT, sigint)
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+        for logger in tips:
+            logger.removeFilter(_no_advert)
 
 
 def is_rank_zero() -> bool:
