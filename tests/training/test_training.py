@@ -292,17 +292,21 @@ def test_resume_refuses_a_changed_config(reference_run, cache):
 # --- refusals -----------------------------------------------------------------------------------------
 
 
-def test_non_empty_dir_is_refused_and_left_alone(cache, tmp_path):
-    from jnet.training.run import train
+def test_non_empty_dir_is_refused_and_left_alone(cache, tmp_path, monkeypatch):
+    import jnet.training.run as run
 
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("the refusal must come before Lightning starts")
+
+    monkeypatch.setattr(run, "_trainer", no_trainer)
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"not empty \(found notes\.txt\).*--resume.*--overwrite"):
-        train(config_from_dict(tiny(cache)), out, quiet=True)
+        run.train(config_from_dict(tiny(cache)), out, quiet=True)
     with pytest.raises(ConfigError, match="not a jnet run directory"):
-        train(config_from_dict(tiny(cache)), out, overwrite=True, quiet=True)
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
+        run.train(config_from_dict(tiny(cache)), out, overwrite=True, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -322,6 +326,7 @@ def test_nothing_to_resume(cache, tmp_path):
 
     with pytest.raises(ConfigError, match="nothing to resume.*last.ckpt"):
         train(config_from_dict(tiny(cache)), tmp_path / "run", resume=True, quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_lock_held_by_another_process(cache, tmp_path):

@@ -138,6 +138,8 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
     datamodule.setup("fit")  # reads splits.json: a leak or an empty split is refused here
 
     rank0 = is_rank_zero()
+    if rank0:  # a refused directory says so before Lightning announces the hardware
+        rundir.check_contents(run_dir, resume=resume, overwrite=overwrite)
     created = not run_dir.exists()
     with _process_state(quiet):
         # Made before the run directory is claimed: bad hardware settings fail with nothing written.

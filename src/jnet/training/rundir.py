@@ -119,23 +119,44 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
-def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+def check_contents(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse what :func:`claim` refuses about the directory's contents, changing nothing (so that
+    a refused run says so before anything else starts).
+
+    Raises:
+        ConfigError: resume and overwrite together, nothing to resume, a non-empty directory without
+            resume/overwrite, overwriting a directory that is not a jnet run.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: resume continues the run in "
+                          "the directory, overwrite deletes it")
+    run_dir = Path(run_dir)
     if resume:
         if not last_checkpoint(run_dir).is_file():
             raise ConfigError(f"--resume: nothing to resume in {run_dir}: expected "
                               f"{last_checkpoint(run_dir)} from an earlier run, found none")
         return
-    if not entries:
-        return
-    if not overwrite:
+    entries = _entries(run_dir)
+    if entries and not overwrite:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ConfigError(f"out dir {run_dir} is not empty (found {shown}); pass --resume to continue "
                           f"that run, --overwrite to replace it, or choose another --out")
-    if not any((run_dir / m).exists() for m in RUN_MARKERS):
+    if entries and not any((run_dir / m).exists() for m in RUN_MARKERS):
         raise ConfigError(f"--overwrite: refusing to delete {run_dir}: it is not a jnet run directory "
                           f"(no {' or '.join(RUN_MARKERS)}); remove it yourself or choose another --out")
-    for name in entries:
+
+
+def _entries(run_dir: Path) -> list[str]:
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+
+
+def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    check_contents(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        return
+    for name in _entries(run_dir):
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
