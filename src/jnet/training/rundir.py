@@ -94,9 +94,7 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
             overwriting a directory that is not a jnet run.
         JnetError: another process holds the lock.
     """
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: resume continues the run in "
-                          "the directory, overwrite deletes it")
+    check_contents(run_dir, resume=resume, overwrite=overwrite)  # before creating anything
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +105,7 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
         raise ConfigError(f"out dir {run_dir}: not writable; expected a directory this user can write")
     lock = RunLock(run_dir).acquire()
     try:
-        _check_contents(run_dir, resume=resume, overwrite=overwrite)
+        _check_contents(run_dir, resume=resume, overwrite=overwrite)  # again, under the lock
         _probe_writable(run_dir)
     except BaseException:
         lock.release()
