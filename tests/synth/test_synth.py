@@ -206,13 +206,43 @@ def test_brain_contrast_shift_keeps_the_subjects_and_their_labels(tmp_path, caps
     assert "gray/white contrast 0.2-0.3" in meta["description"]
 
 
-@pytest.mark.parametrize("kind, contrast, message", [
-    ("prostate", (0.2, 0.3), "only the brain kind"),
-    ("brain", (0.6, 0.3), "0 < LOW <= HIGH"),
-    ("brain", (0.0, 0.3), "0 < LOW <= HIGH"),
-    ("brain", ("a", 1), "two numbers"),
+@pytest.mark.parametrize("kind, name, value, message", [
+    ("prostate", "contrast", (0.2, 0.3), "only the brain kind"),
+    ("brain", "contrast", (0.6, 0.3), "0 < LOW <= HIGH"),
+    ("brain", "contrast", (0.0, 0.3), "0 < LOW <= HIGH"),
+    ("brain", "contrast", ("a", 1), "two numbers"),
+    ("brats", "scale", (1.0, 1.1), "only the brain kind"),
+    ("brain", "scale", (0.0, 1.0), "0 < LOW <= HIGH <= 1.5"),
+    ("brain", "scale", (1.2, 1.6), "0 < LOW <= HIGH <= 1.5"),
+    ("brain", "shift", (-1.0, 5.0), "0 <= LOW <= HIGH <= 60"),
+    ("brain", "shift", (30.0, 20.0), "0 <= LOW <= HIGH <= 60"),
+    ("brain", "shift", (1.0,), "two numbers"),
 ])
-def test_bad_contrast_is_refused_before_writing(tmp_path, kind, contrast, message):
-    with pytest.raises(ConfigError, match=f"contrast: .*{message}"):
-        synthesize(tmp_path / "x", kind, cases=1, size=32, slices=2, progress=False, contrast=contrast)
+def test_bad_subject_range_is_refused_before_writing(tmp_path, kind, name, value, message):
+    with pytest.raises(ConfigError, match=f"{name}: .*{message}"):
+        synthesize(tmp_path / "x", kind, cases=1, size=32, slices=2, progress=False, **{name: value})
     assert not (tmp_path / "x").exists()
+
+
+def test_brain_scale_and_shift_move_the_head(tmp_path):
+    """``scale`` and ``shift`` give heads of an unseen size or position: a smaller brain for a
+    smaller scale, a centre at the asked distance from the middle on both in-plane axes; the
+    manifest says so."""
+    rng = lambda: np.random.default_rng([5, 1])  # noqa: E731 - the same stream each time
+    spacing = 240.0 / 64
+
+    def brain(**ranges):
+        image, _, _ = wm_case(rng(), 64, 4, **ranges)
+        return image > 0
+
+    usual, small, moved = brain(), brain(scale=(0.6, 0.65)), brain(shift=(40.0, 45.0))
+    assert small.sum() < 0.6 * usual.sum()
+    centre = (np.argwhere(moved).mean(axis=0)[:2] + 0.5) * spacing - 120.0
+    assert np.all(np.abs(centre) > 35.0) and np.all(np.abs(centre) < 50.0)
+    assert np.all(np.abs((np.argwhere(usual).mean(axis=0)[:2] + 0.5) * spacing - 120.0) < 20.0)
+    rc = main(["data", "synth", str(tmp_path / "moved"), "--kind", "brain", "--cases", "1", "--size", "32",
+               "--slices", "2", "--scale", "0.6", "0.7", "--shift", "20", "30", "--quiet"])
+    assert rc == 0
+    description = json.loads((tmp_path / "moved" / "dataset.json").read_text())["description"]
+    assert "head size 0.6-0.7" in description and "head centre off the middle by 20-30 mm" in description
+    assert "contrast" not in description

@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--contrast", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="brain: range of the gray/white contrast relative to the usual (default "
                         "0.5 1.3); another range gives the same subjects at an unseen contrast")
+    p.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="brain: range of the head size, a scale of the mean brain (default 0.82 1.08); "
+                        "another range gives the same subjects with unseen head sizes")
+    p.add_argument("--shift", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="brain: the head centre's distance from the middle of the field in mm, per "
+                        "in-plane axis on a random side (default: uniform in +-15 / +-18 mm)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_synth)
@@ -91,7 +97,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     out = synthesize(args.out, args.kind, cases=args.cases, seed=args.seed, size=args.size,
                      slices=args.slices, overwrite=args.overwrite, workers=args.workers,
-                     progress=not args.quiet, contrast=args.contrast)
+                     progress=not args.quiet, contrast=args.contrast,
+                     scale=args.scale, shift=args.shift)
     print(f"wrote {args.kind} dataset: {out}")
     return 0
 

@@ -155,10 +155,25 @@ def brats_case(rng: np.random.Generator, size: int, slices: int) -> tuple[np.nda
 
 #: The range of the scanner's gray/white contrast of ``wm_case`` subjects, relative to the usual.
 WM_CONTRAST = (0.5, 1.3)
+#: The range of ``wm_case`` subjects' head size, as a scale of the mean brain's radii.
+WM_SCALE = (0.82, 1.08)
+#: How far from the middle of the field ``wm_case`` places a head by default, in mm, per in-plane
+#: axis (left-right, front-back): uniform in +-15 and +-18.
+WM_SHIFT = (15.0, 18.0)
+
+
+def _centre_offset(u, half_range: float, shift: tuple[float, float] | None) -> float:
+    """One in-plane coordinate of the head's centre (mm): uniform in ``+-half_range``, or, with
+    ``shift``, at a distance in ``shift`` on a random side."""
+    if shift is None:
+        return u(-half_range, half_range)
+    v = u(-1, 1)
+    return float(np.sign(v)) * (shift[0] + (shift[1] - shift[0]) * abs(v))
 
 
 def wm_case(rng: np.random.Generator, size: int, slices: int,
-            contrast: tuple[float, float] = WM_CONTRAST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            contrast: tuple[float, float] = WM_CONTRAST, scale: tuple[float, float] = WM_SCALE,
+            shift: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic T1-weighted brain MRI for white-matter segmentation, ``size x size x slices``
     covering 240 x 240 x 100 mm through the cerebrum.
 
@@ -170,7 +185,12 @@ def wm_case(rng: np.random.Generator, size: int, slices: int,
     point-spread blur, bias field and noise; sometimes a tumour that displaces white matter. So
     held-out subjects are not copies of the training ones. ``contrast`` sets the range of the
     gray/white contrast; another range gives the same subjects (the same labels, for a seed) at a
-    contrast a model trained on the default range has not seen.
+    contrast a model trained on the default range has not seen. ``scale`` (the head size, a scale
+    of the mean brain) and ``shift`` (the head centre's distance from the middle of the field per
+    in-plane axis, mm, on a random side; None: :data:`WM_SHIFT`) move the head outside its usual
+    size or position; everything else is drawn from its usual range (the anatomy's details anew,
+    since they depend on the head's geometry). A head that reaches past the 240 mm field is cut
+    at its edge.
 
     Returns:
         ``(image int16 (X, Y, Z), label uint8 (X, Y, Z) [0, 1 white matter], affine (4, 4))``.
@@ -178,9 +198,9 @@ def wm_case(rng: np.random.Generator, size: int, slices: int,
     u = rng.uniform
     grid = S.Grid((size, size, slices), (240.0 / size, 240.0 / size, 100.0 / slices))
     tissue = np.zeros(grid.shape, np.uint8)
-    c = (u(-15, 15), u(-18, 18), u(-4, 12))
-    scale = u(0.82, 1.08)
-    brain = Blob.of(c, (scale * u(60, 70), (scale * u(72, 84), scale * u(75, 88)), (u(50, 58), u(58, 66))),
+    c = (_centre_offset(u, WM_SHIFT[0], shift), _centre_offset(u, WM_SHIFT[1], shift), u(-4, 12))
+    k = u(*scale)
+    brain = Blob.of(c, (k * u(60, 70), (k * u(72, 84), k * u(75, 88)), (u(50, 58), u(58, 66))),
                     u(-0.35, 0.35), S.random_lobes(rng, 0.05),
                     ((1, u(-.04, .04), u(0, 6.3)), (2, u(-.03, .03), u(0, 6.3))))
     box, inside, mask = _cortex(rng, grid, tissue, brain, fold_mm=u(22, 32), cell_mm=u(4, 5.5))

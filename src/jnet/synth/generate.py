@@ -29,7 +29,7 @@ import numpy as np
 
 from jnet.errors import ConfigError
 from jnet.synth import KINDS
-from jnet.synth.brain import WM_CONTRAST, brats_case, wm_case
+from jnet.synth.brain import WM_CONTRAST, WM_SCALE, WM_SHIFT, brats_case, wm_case
 from jnet.synth.prostate import prostate_case
 from jnet.utils.atomic import atomic_dir, atomic_write, claim_dir, write_json
 from jnet.utils.options import choose
@@ -76,7 +76,9 @@ class _Job:
     seed: int
     size: int
     slices: int
-    contrast: tuple[float, float] = WM_CONTRAST  # brain only
+    contrast: tuple[float, float] = WM_CONTRAST  # brain only, as the next two
+    scale: tuple[float, float] = WM_SCALE
+    shift: tuple[float, float] | None = None
 
 
 def _write_case(job: _Job) -> None:
@@ -91,7 +93,7 @@ def _write_case(job: _Job) -> None:
             _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
         return
     if job.kind == "brain":
-        image, label, affine = wm_case(rng, job.size, job.slices, job.contrast)
+        image, label, affine = wm_case(rng, job.size, job.slices, job.contrast, job.scale, job.shift)
         case_id = f"brain_{job.index:03d}"
         _write(job.root / "imagesTr" / f"{case_id}.nii.gz", nifti_bytes(image, affine))
         _write(job.root / "labelsTr" / f"{case_id}.nii.gz", nifti_bytes(label, affine))
@@ -104,10 +106,10 @@ def _write_case(job: _Job) -> None:
 
 
 def _jobs(kind: str, root: Path, cases: int, seed: int, size: int | None, slices: int,
-          contrast: tuple[float, float]) -> list[_Job]:
+          subjects: dict) -> list[_Job]:
     if kind in ("brats", "brain"):
         return [_Job(kind, root, i, True, i, seed, size or (240 if kind == "brats" else 256), slices,
-                     contrast) for i in range(cases)]
+                     **subjects) for i in range(cases)]
     return [
         _Job(kind, root, i, i < cases, i if i < cases else 10_000 + i - cases, seed,
              size or (256, 320)[i % 2], slices)
@@ -148,9 +150,11 @@ def _write_manifest(root: Path, cases: int, seed: int) -> None:
     })
 
 
-def _write_brain_manifest(root: Path, cases: int, seed: int, contrast: tuple[float, float]) -> None:
+def _write_brain_manifest(root: Path, cases: int, seed: int, subjects: dict) -> None:
     """dataset.json of the white-matter set (MSD layout, 3D T1 images)."""
-    shifted = "" if contrast == WM_CONTRAST else f", gray/white contrast {contrast[0]:g}-{contrast[1]:g}"
+    shifted = "".join(f", {what} {subjects[name][0]:g}-{subjects[name][1]:g}{unit}"
+                      for name, (default, *_, what, unit) in BRAIN_RANGES.items()
+                      if subjects[name] != default)
     write_json(root / "dataset.json", {
         "name": "BRAINWM",
         "description": f"Synthetic T1-weighted brain MRI, white matter labelled (jnet data synth, "
@@ -165,19 +169,36 @@ def _write_brain_manifest(root: Path, cases: int, seed: int, contrast: tuple[flo
     })
 
 
-def _contrast(kind: str, contrast: tuple[float, float] | None) -> tuple[float, float]:
-    if contrast is None:
-        return WM_CONTRAST
-    if kind != "brain":
-        raise ConfigError(f"contrast: only the brain kind has a gray/white contrast to set, not {kind}")
-    try:
-        low, high = (float(v) for v in contrast)
-    except (TypeError, ValueError):
-        raise ConfigError(f"contrast: expected two numbers LOW HIGH, found {contrast!r}") from None
-    if not 0 < low <= high:
-        raise ConfigError(f"contrast: expected 0 < LOW <= HIGH (the default is "
-                          f"{WM_CONTRAST[0]} {WM_CONTRAST[1]}), found {low:g} {high:g}")
-    return (low, high)
+#: The ranges of the brain set's subjects that ``synthesize`` can move: name -> (default, the
+#: smallest LOW, whether LOW may equal it, the largest HIGH, what the manifest calls it, unit).
+BRAIN_RANGES = {
+    "contrast": (WM_CONTRAST, 0.0, False, None, "gray/white contrast", ""),
+    "scale": (WM_SCALE, 0.0, False, 1.5, "head size", ""),
+    "shift": (None, 0.0, True, 60.0, "head centre off the middle by", " mm"),
+}
+
+
+def _subjects(kind: str, **ranges: tuple[float, float] | None) -> dict:
+    """The brain set's subject ranges, each given one checked, or its default."""
+    subjects = {}
+    for name, value in ranges.items():
+        default, floor, floor_ok, ceiling, _, _ = BRAIN_RANGES[name]
+        if value is None:
+            subjects[name] = default
+            continue
+        if kind != "brain":
+            raise ConfigError(f"{name}: only the brain kind has subjects' {name} to set, not {kind}")
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected two numbers LOW HIGH, found {value!r}") from None
+        rule = f"{floor:g} {'<=' if floor_ok else '<'} LOW <= HIGH" + (f" <= {ceiling:g}" if ceiling else "")
+        if not (low >= floor if floor_ok else low > floor) or low > high or (ceiling and high > ceiling):
+            usual = (f"uniform in +-{WM_SHIFT[0]:g} / +-{WM_SHIFT[1]:g} mm" if default is None
+                     else f"{default[0]:g} {default[1]:g}")
+            raise ConfigError(f"{name}: expected {rule} (the default: {usual}), found {low:g} {high:g}")
+        subjects[name] = (low, high)
+    return subjects
 
 
 def auto_workers(jobs: list[_Job]) -> int:
@@ -199,6 +220,8 @@ def synthesize(
     workers: int | None = None,
     progress: bool = True,
     contrast: tuple[float, float] | None = None,
+    scale: tuple[float, float] | None = None,
+    shift: tuple[float, float] | None = None,
 ) -> Path:
     """Write a synthetic dataset in its published layout (see the module docstring).
 
@@ -221,10 +244,18 @@ def synthesize(
             (default :data:`~jnet.synth.brain.WM_CONTRAST`, 0.5-1.3). Another range keeps the
             subjects of a seed and their labels and changes their contrast: a test set a model
             trained on the default has not seen.
+        scale: brain only: the range of the subjects' head size, a scale of the mean brain
+            (default :data:`~jnet.synth.brain.WM_SCALE`, 0.82-1.08, at most 1.5).
+        shift: brain only: the range of the head centre's distance from the middle of the field,
+            in mm, per in-plane axis on a random side (at most 60; default: uniform in +-15 mm
+            left-right and +-18 mm front-back). With ``scale`` or ``shift`` every other property
+            is drawn from its usual range: a test set of head sizes or positions a model trained
+            on the default has not seen.
     Returns:
         The dataset folder.
     Raises:
-        ConfigError: bad kind, cases, size, slices or contrast. DataError: ``out`` exists.
+        ConfigError: bad kind, cases, size, slices, contrast, scale or shift. DataError: ``out``
+            exists.
     """
     from tqdm.auto import tqdm
 
@@ -235,15 +266,15 @@ def synthesize(
     for field, value, low in limits:
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ConfigError(f"{field}: expected an integer >= {low}, found {value!r}")
-    contrast = _contrast(kind, contrast)
+    subjects = _subjects(kind, contrast=contrast, scale=scale, shift=shift)
     out = Path(out).expanduser()
     claim_dir(out, overwrite, what="synthetic dataset folder")
     with atomic_dir(out) as tmp:  # replaces an old folder only once the new one is complete
-        jobs = _jobs(kind, tmp, cases, seed, size, slices, contrast)
+        jobs = _jobs(kind, tmp, cases, seed, size, slices, subjects)
         with tqdm(total=len(jobs), desc=f"synth {kind}", unit="case", disable=not progress) as bar:
             _run(jobs, auto_workers(jobs) if workers is None else workers, bar)
         if kind == "prostate":
             _write_manifest(tmp, cases, seed)
         elif kind == "brain":
-            _write_brain_manifest(tmp, cases, seed, contrast)
+            _write_brain_manifest(tmp, cases, seed, subjects)
     return out
