@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "0.5 1.3); another range gives the same subjects at an unseen contrast")
     p.add_argument("--scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="brain: range of the head size, a scale of the mean brain (default 0.82 1.08); "
-                        "another range gives the same subjects with unseen head sizes")
+                        "another range gives head sizes a model trained on the default has not seen")
     p.add_argument("--shift", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="brain: the head centre's distance from the middle of the field in mm, per "
                         "in-plane axis on a random side (default: uniform in +-15 / +-18 mm)")

@@ -24,6 +24,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -152,9 +153,8 @@ def _write_manifest(root: Path, cases: int, seed: int) -> None:
 
 def _write_brain_manifest(root: Path, cases: int, seed: int, subjects: dict) -> None:
     """dataset.json of the white-matter set (MSD layout, 3D T1 images)."""
-    shifted = "".join(f", {what} {subjects[name][0]:g}-{subjects[name][1]:g}{unit}"
-                      for name, (default, *_, what, unit) in BRAIN_RANGES.items()
-                      if subjects[name] != default)
+    shifted = "".join(f", {r.manifest} {subjects[name][0]:g}-{subjects[name][1]:g}{r.unit}"
+                      for name, r in BRAIN_RANGES.items() if subjects[name] != r.default)
     write_json(root / "dataset.json", {
         "name": "BRAINWM",
         "description": f"Synthetic T1-weighted brain MRI, white matter labelled (jnet data synth, "
@@ -169,12 +169,21 @@ def _write_brain_manifest(root: Path, cases: int, seed: int, subjects: dict) -> 
     })
 
 
-#: The ranges of the brain set's subjects that ``synthesize`` can move: name -> (default, the
-#: smallest LOW, whether LOW may equal it, the largest HIGH, what the manifest calls it, unit).
+class _Range(NamedTuple):
+    """A range of the brain set's subjects that ``synthesize`` can move, and its rule."""
+
+    default: tuple[float, float] | None
+    floor: float  # the smallest LOW
+    floor_allowed: bool  # whether LOW may equal it
+    ceiling: float | None  # the largest HIGH
+    manifest: str  # what dataset.json's description calls it
+    unit: str = ""
+
+
 BRAIN_RANGES = {
-    "contrast": (WM_CONTRAST, 0.0, False, None, "gray/white contrast", ""),
-    "scale": (WM_SCALE, 0.0, False, 1.5, "head size", ""),
-    "shift": (None, 0.0, True, 60.0, "head centre off the middle by", " mm"),
+    "contrast": _Range(WM_CONTRAST, 0.0, False, None, "gray/white contrast"),
+    "scale": _Range(WM_SCALE, 0.0, False, 1.5, "head size"),
+    "shift": _Range(None, 0.0, True, 60.0, "head centre off the middle by", " mm"),
 }
 
 
@@ -182,9 +191,9 @@ def _subjects(kind: str, **ranges: tuple[float, float] | None) -> dict:
     """The brain set's subject ranges, each given one checked, or its default."""
     subjects = {}
     for name, value in ranges.items():
-        default, floor, floor_ok, ceiling, _, _ = BRAIN_RANGES[name]
+        r = BRAIN_RANGES[name]
         if value is None:
-            subjects[name] = default
+            subjects[name] = r.default
             continue
         if kind != "brain":
             raise ConfigError(f"{name}: only the brain kind has subjects' {name} to set, not {kind}")
@@ -192,10 +201,12 @@ def _subjects(kind: str, **ranges: tuple[float, float] | None) -> dict:
             low, high = (float(v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected two numbers LOW HIGH, found {value!r}") from None
-        rule = f"{floor:g} {'<=' if floor_ok else '<'} LOW <= HIGH" + (f" <= {ceiling:g}" if ceiling else "")
-        if not (low >= floor if floor_ok else low > floor) or low > high or (ceiling and high > ceiling):
-            usual = (f"uniform in +-{WM_SHIFT[0]:g} / +-{WM_SHIFT[1]:g} mm" if default is None
-                     else f"{default[0]:g} {default[1]:g}")
+        above_floor = low >= r.floor if r.floor_allowed else low > r.floor
+        if not above_floor or low > high or (r.ceiling is not None and high > r.ceiling):
+            rule = (f"{r.floor:g} {'<=' if r.floor_allowed else '<'} LOW <= HIGH"
+                    + (f" <= {r.ceiling:g}" if r.ceiling is not None else ""))
+            usual = (f"uniform in +-{WM_SHIFT[0]:g} / +-{WM_SHIFT[1]:g} mm" if r.default is None
+                     else f"{r.default[0]:g} {r.default[1]:g}")
             raise ConfigError(f"{name}: expected {rule} (the default: {usual}), found {low:g} {high:g}")
         subjects[name] = (low, high)
     return subjects
