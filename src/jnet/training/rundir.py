@@ -105,7 +105,7 @@ def claim(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
         raise ConfigError(f"out dir {run_dir}: not writable; expected a directory this user can write")
     lock = RunLock(run_dir).acquire()
     try:
-        _check_contents(run_dir, resume=resume, overwrite=overwrite)  # again, under the lock
+        _check_and_clear(run_dir, resume=resume, overwrite=overwrite)  # checked again, under the lock
         _probe_writable(run_dir)
     except BaseException:
         lock.release()
@@ -150,7 +150,8 @@ def _entries(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
 
 
-def _check_contents(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_and_clear(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """:func:`check_contents`, then empty the directory of a run being overwritten."""
     check_contents(run_dir, resume=resume, overwrite=overwrite)
     if resume:
         return
