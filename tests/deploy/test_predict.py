@@ -450,3 +450,26 @@ def test_overlay_is_shown_in_the_radiological_view(tmp_path):
     write_overlay(tmp_path / "png.png", image, encoded, 2, meta)
     shape, corner = coloured(tmp_path / "png.png")
     assert shape[0] < shape[1] and corner == (3 / 4, 4 / 5)  # as stored: bottom right
+
+
+def test_work_around_onnx_runtime_runs_on_one_torch_thread(models, tmp_path, monkeypatch):
+    """torch's OpenMP workers spin after each parallel region and would take the cores ONNX
+    Runtime needs: around an ONNX Runtime model on CPU, reading, preprocessing and writing run on
+    one torch thread, and the process's thread count comes back afterwards."""
+    from jnet.deploy import predict
+
+    torch_predictor, onnx_path = models
+    ort_predictor = Predictor.from_path(onnx_path)
+    assert ort_predictor.pre_post_threads == 1 and torch_predictor.pre_post_threads is None
+    seen, preprocess = [], predict.preprocess
+    monkeypatch.setattr(predict, "preprocess", lambda *a: seen.append(torch.get_num_threads()) or preprocess(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        src = write_volume(tmp_path / "v.nii.gz", seed=1)
+        predict_paths(ort_predictor, [src], tmp_path / "onnx")
+        assert torch.get_num_threads() == 2
+        predict_paths(torch_predictor, [src], tmp_path / "torch")
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

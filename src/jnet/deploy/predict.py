@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jnet.deploy.runtime import ModelMeta, Predictor
+from jnet.deploy.runtime import ModelMeta, Predictor, torch_threads
 from jnet.deploy.writers import write_nifti, write_overlay, write_png
 from jnet.errors import DataError, JnetError
 from jnet.sources.brats import edition_of
@@ -222,7 +222,14 @@ def predict_item(predictor: Predictor, item: Item, files: dict[str, Path], *,
                  file_channels: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict one input and write its outputs; return its JSON record (timings in seconds).
 
-    If writing fails part-way, the outputs of this input already written are removed."""
+    The work around the model runs on the predictor's ``pre_post_threads`` torch threads. If
+    writing fails part-way, the outputs of this input already written are removed."""
+    with torch_threads(predictor.pre_post_threads):
+        return _predict_item(predictor, item, files, batch_size, write, file_channels)
+
+
+def _predict_item(predictor: Predictor, item: Item, files: dict[str, Path], batch_size: int | None,
+                  write: bool, file_channels: Sequence[str] | None) -> dict[str, Any]:
     import jnet.transforms.direct  # noqa: F401 - imported before the clock starts: time work, not imports
     import jnet.transforms.slicing  # noqa: F401
     import jnet.transforms.tasks  # noqa: F401

@@ -180,6 +180,14 @@ def check_input(x: Any, meta: ModelMeta, source: str = "input") -> np.ndarray:
 #: 423 at 16); at 128x128 and below batch 16 ran as fast as batch 1-4, so the cap leaves them be.
 ORT_CPU_BATCH_PIXELS = 4 * 256 * 256
 
+#: Torch intra-op threads for reading, preprocessing and writing around an ONNX Runtime model on
+#: CPU. After a parallel region torch's OpenMP workers spin for a few ms, and on a small machine
+#: they take the cores ONNX Runtime's own threads need: J-Net-16 on a 320x320x20 volume, 2 cores,
+#: ONNX Runtime on 2 threads, model stage 18.8 -> 15.3 ms and end to end 60 -> 53 ms with one torch
+#: thread (preprocessing 5.3 -> 4.7 ms); on a 512x512x60 volume 427 -> 420 ms
+#: (benchmarks/bench_deploy.py; docs/performance.md).
+ORT_CPU_PRE_POST_THREADS = 1
+
 #: Slices per model call when the caller does not say: as many as keep one call within this many
 #: input pixels and output values (4 slices of a network at 256x256, 16 at 128x128, 64 of a
 #: J-Net's binary 256x256 output), so that a small-input J-Net's volume goes in one call: each
@@ -207,6 +215,7 @@ class Predictor:
         self.backend = backend
         self.source = source
         self.batch_pixels: int | None = None  # input pixels per model call at most (None: any)
+        self.pre_post_threads: int | None = None  # torch threads for the work around the model (None: as is)
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -268,6 +277,7 @@ class Predictor:
         predictor.session = session
         if session.get_providers()[0] == "CPUExecutionProvider":
             predictor.batch_pixels = ORT_CPU_BATCH_PIXELS
+            predictor.pre_post_threads = ORT_CPU_PRE_POST_THREADS
         return predictor
 
     @classmethod
