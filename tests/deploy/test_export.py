@@ -364,3 +364,32 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
     assert values and all(v.dtype == np.int8 and not v.any() for v in values)
     assert not any(n.op_type == "ConvTranspose" for n in proto.graph.node)  # rewritten to Conv
     assert read_metadata(q).extra["int8_symmetric"] is True
+
+
+@pytest.mark.parametrize("classes, in_channels, layers, image", [(1, 1, 2, True), (3, 2, 1, True), (1, 1, 2, False)])
+def test_subpixel_head_exports_as_one_convtranspose(classes, in_channels, layers, image):
+    """The subpixel head is exported as one ConvTranspose of static shapes: the same logits as the
+    eager head, and no node of the graph computes a shape at run time."""
+    from jnet.deploy.export import subpixel_as_convtranspose
+
+    torch.manual_seed(0)
+    model = build_model(arch="jnet", width=4, depth=2, in_channels=in_channels, classes=classes,
+                        in_size=SMALL, out_size=S, head="subpixel", head_layers=layers,
+                        head_image=image).eval()
+    with torch.no_grad():  # the last layer starts at zero (= bilinear): give it weights to check
+        model.head.out.weight.normal_(0, 0.3)
+        model.head.out.bias.normal_(0, 0.3)
+    rewritten = subpixel_as_convtranspose(model)
+    assert rewritten is not model and type(model.head).__name__ == "SubpixelHead"
+    x = torch.randn(3, in_channels, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), rtol=1e-5, atol=1e-5)
+    graph = onnx_bytes(rewritten, in_channels, SMALL)
+    nodes = onnx.load_from_string(graph).graph.node
+    head = [n.op_type for n in nodes if "/head/" in n.name]
+    assert head.count("ConvTranspose") == 1 and "MatMul" not in head
+    assert "Shape" not in {n.op_type for n in nodes}  # every size fixed at export
+    np.testing.assert_allclose(ort_run(graph, x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    affine = build_model(arch="jnet", width=4, depth=2, in_size=SMALL, out_size=S, head="subpixel",
+                         head_hidden=0).eval()
+    assert subpixel_as_convtranspose(affine) is affine  # no hidden layer to carry the bias: as it is
