@@ -121,14 +121,16 @@ def head_shares(predictors, jnet, own_base, rounds: int = 30) -> dict:
         if None in pair:
             continue
         for batch in (1, 16):
-            x = np.random.default_rng(0).standard_normal(
-                (batch, pair[0].meta.in_channels, pair[0].meta.in_size, pair[0].meta.in_size)).astype(np.float32)
+            meta = pair[0].meta
+            shape = (batch, meta.in_channels, meta.in_size, meta.in_size)
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             ratios = []
             for _ in range(rounds):
                 times = []
                 for predictor in pair:
                     time.sleep(0.02)
-                    times.append(statistics.median(time_calls(lambda: predictor(x), 20 if batch == 1 else 6, 3)))
+                    calls = time_calls(lambda: predictor(x), 20 if batch == 1 else 6, 3)
+                    times.append(statistics.median(calls))
                 ratios.append(times[0] / times[1] - 1)
             ratios.sort()
             shares[(backend, batch)] = (statistics.median(ratios), ratios[len(ratios) // 4],
@@ -175,7 +177,8 @@ def goals_table(rows, gate, model_name, base_name, shares=None) -> str:
         else None, "(info)", True)
     for (backend, b), (share, low, high) in (shares or {}).items():
         add(f"the head's cost in {backend}, % of its base's time at batch {b} (J-Net-16 / its base "
-            f"at 16 - 1; interquartile {100 * low:.1f} to {100 * high:.1f})", 100 * share, "<= 10", share <= 0.10)
+            f"at 16 - 1; interquartile {100 * low:.1f} to {100 * high:.1f})", 100 * share, "<= 10",
+            share <= 0.10)
     loss = gate["fp32_jaccard"] - gate["int8_jaccard"] if gate else None
     add("Jaccard points lost by INT8 (validation rows)", loss, "<= 1", loss is not None and loss <= 1)
     for backend in ("onnxruntime", "torch"):
@@ -234,15 +237,16 @@ def main(argv=None) -> int:
         plan = [(jnet, ["torch", "torch-folded", "torch-bf16", "onnxruntime", "int8"], [1, 16], 15),
                 (own_base, ["onnxruntime", "int8"], [1, 16], 0),  # model only: the head's cost
                 (args.base, ["torch", "onnxruntime"], [1], 3)]
-        rows, skipped, predictors = measure(plan, args.reps, args.warmup, args.threads, volume, calib=args.data,
-                                plain=plain)
+        rows, skipped, predictors = measure(plan, args.reps, args.warmup, args.threads, volume,
+                                            calib=args.data, plain=plain)
         print("the head's cost in ONNX Runtime", file=sys.stderr)
         shares = head_shares(predictors, jnet, own_base)
     gate = int8_accuracy(args.run, args.data) if args.run and args.data else None
     result = {"environment": environment(args.threads), "rows": rows, "skipped": skipped, "gate": gate,
               "settings": {"reps": args.reps, "warmup": args.warmup, "batches": [1, 16],
                            "calibration": args.data or "random inputs (speed only)"}}
-    text = "## Deployment benchmark\n\n" + markdown(result) + "\n" + goals_table(rows, gate, jnet, args.base, shares)
+    text = ("## Deployment benchmark\n\n" + markdown(result) + "\n"
+            + goals_table(rows, gate, jnet, args.base, shares))
     print(text)
     if args.md:
         write_text(args.md, text)

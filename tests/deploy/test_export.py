@@ -366,7 +366,8 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
     assert read_metadata(q).extra["int8_symmetric"] is True
 
 
-@pytest.mark.parametrize("classes, in_channels, layers, image", [(1, 1, 2, True), (3, 2, 1, True), (1, 1, 2, False)])
+@pytest.mark.parametrize("classes, in_channels, layers, image",
+                         [(1, 1, 2, True), (3, 2, 1, True), (1, 1, 2, False)])
 def test_subpixel_head_exports_as_one_convtranspose(classes, in_channels, layers, image):
     """The subpixel head is exported as one ConvTranspose of static shapes: the same logits as the
     eager head, and no node of the graph computes a shape at run time."""

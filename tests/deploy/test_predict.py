@@ -462,7 +462,8 @@ def test_work_around_onnx_runtime_runs_on_one_torch_thread(models, tmp_path, mon
     ort_predictor = Predictor.from_path(onnx_path)
     assert ort_predictor.pre_post_threads == 1 and torch_predictor.pre_post_threads is None
     seen, preprocess = [], predict.preprocess
-    monkeypatch.setattr(predict, "preprocess", lambda *a: seen.append(torch.get_num_threads()) or preprocess(*a))
+    monkeypatch.setattr(predict, "preprocess",
+                        lambda *a: seen.append(torch.get_num_threads()) or preprocess(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
