@@ -107,13 +107,14 @@ def int8_accuracy(run: str, data: str) -> dict:
 
 def head_shares(predictors, jnet, own_base, rounds: int = 30) -> dict:
     """The head's cost in ONNX Runtime: J-Net-16's time over its own base's, minus 1, per backend
-    and batch size. Timed in turn in blocks, with a pause before each so that the other session's
+    and batch size. Timed in turn in blocks, with a rest before each so that the other session's
     spinning threads are idle (interleaved call by call, two sessions' thread pools fight over the
-    cores and the ratio means nothing); the median over the rounds of the per-round ratios."""
+    cores and the ratio means nothing); the median over the rounds of the per-round ratios, and
+    their interquartile range."""
     import statistics
     import time
 
-    from jnet.experiments.bench import time_calls
+    from jnet.experiments.bench import SETTLE_S, time_calls
 
     shares = {}
     for backend in ("onnxruntime", "int8"):
@@ -128,7 +129,7 @@ def head_shares(predictors, jnet, own_base, rounds: int = 30) -> dict:
             for _ in range(rounds):
                 times = []
                 for predictor in pair:
-                    time.sleep(0.02)
+                    time.sleep(SETTLE_S)
                     calls = time_calls(lambda: predictor(x), 20 if batch == 1 else 6, 3)
                     times.append(statistics.median(calls))
                 ratios.append(times[0] / times[1] - 1)

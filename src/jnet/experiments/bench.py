@@ -40,6 +40,11 @@ SPEC = re.compile(r"^(jnet|baseline|base)(\d+)(?::(.*))?$")
 DEFAULT_S = 256  # the high-resolution grid of the paper's data, for specs
 CALIB_SLICES = 32
 ROUNDS = 4  # passes over all models in a side-by-side measurement
+#: Seconds of rest before each model's block of calls in a side-by-side measurement, so that the
+#: previous model's thread pool (ONNX Runtime's spinning workers, torch's OpenMP ones) is idle and
+#: each model is timed as it runs alone. Without it, INT8 after ONNX Runtime FP32 read 1.13-1.41x
+#: of it at batch 16 in three runs on 2 cores, 1.29-1.85x with it (same process, alternated).
+SETTLE_S = 0.02
 
 
 @dataclass
@@ -303,7 +308,7 @@ def bench_interleaved(runs: dict[Any, tuple[Callable[[np.ndarray], Any], Sequenc
                       reps: int, warmup: int, rounds: int = ROUNDS) -> dict[Any, list[dict]]:
     """Time several models side by side: ``rounds`` passes over all of them, each timing its
     share of ``reps`` calls per batch size, so that load changes on a shared machine hit every
-    model alike and their ratios stay meaningful.
+    model alike and their ratios stay meaningful; each block after a rest of :data:`SETTLE_S`.
 
     Args:
         runs: key -> ``(run, sample shape (C, s, s), batch sizes)``.
@@ -323,6 +328,7 @@ def bench_interleaved(runs: dict[Any, tuple[Callable[[np.ndarray], Any], Sequenc
         for key, (run, _, batches) in runs.items():
             for b in batches:
                 x = inputs[(key, b)]
+                time.sleep(SETTLE_S)
                 if r == 0:
                     with PeakRSS() as peak:
                         times[(key, b)] += time_calls(lambda: run(x), share[r], warmup)
