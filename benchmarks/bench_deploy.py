@@ -87,9 +87,9 @@ def measure(plan, reps, warmup, threads, volume, calib=None, plain=None):
         key = (row["model"], row["backend"])
         row["batches"] = timed[key]
         predictor, e2e_reps = predictors[key]
-        print(f"end to end: {key[0]} / {key[1]}", file=sys.stderr)
-        if not e2e_reps:
+        if not e2e_reps:  # timed model-only (the head's own base)
             continue
+        print(f"end to end: {key[0]} / {key[1]}", file=sys.stderr)
         row["end_to_end"] = bench_end_to_end(predictor, volume, e2e_reps, 1)  # as jnet predict batches
         if plain is not None:
             row["end_to_end_uncompressed"] = bench_end_to_end(predictor, plain, e2e_reps, 1)
