@@ -366,6 +366,29 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
     assert read_metadata(q).extra["int8_symmetric"] is True
 
 
+def test_a_degenerate_checkpoint_is_named_by_export_and_predict(tmp_path, capsys):
+    """The validation record a checkpoint carries travels into the ONNX metadata; export and
+    predict warn about a model that was degenerate at its own epoch, not about a healthy one."""
+    from conftest import save_nifti
+
+    model = tiny(in_channels=1)
+    info = {**info_for(channels=("T2",)), "format_version": 1, "model": model.config, "in_size": SMALL}
+    note = "degenerate: predicts no foreground on any slice (prostate)"
+    history = [{"epoch": 0, "jaccard": 0.4, "degenerate": note}, {"epoch": 1, "jaccard": 0.6, "degenerate": None}]
+    volume = save_nifti(tmp_path / "case.nii.gz", np.random.default_rng(0).normal(size=(20, 20, 3)))
+    for epoch, expected in ((0, note), (1, None)):
+        ckpt = tmp_path / f"epoch{epoch}.ckpt"
+        torch.save({"jnet": info, "state_dict": model.state_dict(), "epoch": epoch,
+                    "jnet_validation": history[:epoch + 1]}, ckpt)
+        out = tmp_path / f"epoch{epoch}.onnx"
+        assert main(["export", str(ckpt), "--out", str(out)]) == 0
+        assert read_metadata(out).degenerate == expected
+        assert ("WARNING" in capsys.readouterr().err) == bool(expected)
+        assert main(["predict", str(out), str(volume), "--out", str(tmp_path / f"pred{epoch}")]) == 0
+        err = capsys.readouterr().err
+        assert (f"WARNING: {out} comes from a checkpoint that was {note}" in err) == bool(expected)
+
+
 @pytest.mark.parametrize("classes, in_channels, layers, image",
                          [(1, 1, 2, True), (3, 2, 1, True), (1, 1, 2, False)])
 def test_subpixel_head_exports_as_one_convtranspose(classes, in_channels, layers, image):

@@ -428,6 +428,7 @@ def test_a_degenerate_predictor_is_named_in_the_log_info_and_manifest(cache, tmp
     training names it instead."""
     import lightning as L
 
+    from jnet.training.checkpoint import load_model
     from jnet.training.run import train
 
     class Silence(L.Callback):  # the model's logits pushed far below 0: an all-empty predictor
@@ -443,9 +444,11 @@ def test_a_degenerate_predictor_is_named_in_the_log_info_and_manifest(cache, tmp
     assert manifest["best"]["degenerate"].startswith("degenerate: predicts no foreground")
     validation = json.loads((run / "info.json").read_text())["validation"]
     assert validation["degenerate_epochs"] == [0, 1] and validation["degenerate"]
+    assert load_model(run)[1]["degenerate"] == manifest["best"]["degenerate"]  # export and predict say so
     healthy = train(config_from_dict(tiny(cache, {"head": "subpixel"}, epochs=6, lr=1e-2)), tmp_path / "ok",
                     quiet=True)
     assert json.loads((healthy / "info.json").read_text())["validation"]["degenerate"] is None
+    assert "degenerate" not in load_model(healthy)[1]
 
 
 def test_cli_refusals(tmp_path, capsys):

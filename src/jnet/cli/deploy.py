@@ -117,6 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
         g = result.gate
         print(f"INT8 gate: Jaccard {g['int8_jaccard']:.2f} (INT8) vs {g['fp32_jaccard']:.2f} (FP32) "
               f"on {g['n_slices']} validation slices" + (" (forced)" if g["forced"] and not g["passed"] else ""))
+    _warn_if_degenerate(meta, result.path)
     if args.torchscript:
         ts = Path(args.out).with_suffix(".pt") if args.torchscript is True else Path(args.torchscript)
         export_torchscript(args.source, ts, overwrite=args.overwrite, trust_pickle=args.trust_pickle,
@@ -126,21 +127,31 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_degenerate(meta, source) -> None:
+    """A model from a checkpoint whose validation found it degenerate is named on stderr."""
+    if meta.degenerate:
+        print(f"WARNING: {source} comes from a checkpoint that was {meta.degenerate} of its "
+              f"validation set: it is not a usable segmenter (train longer, lower train.lr, or "
+              f"check the labels)", file=sys.stderr)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from jnet.errors import ConfigError
     from jnet.deploy.predict import predict_paths, summary_lines
+    from jnet.deploy.runtime import Predictor
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, found {args.batch_size}")
     inputs = [*args.inputs, *args.more_inputs]
     if not inputs:
         raise ConfigError("INPUT: give at least one input (a path after MODEL, or -i PATH)")
-    records = predict_paths(args.model, inputs, args.out, file_channels=args.channels, overlay=args.overlay,
+    model = Predictor.from_path(args.model, allow_no_metadata=args.allow_no_metadata,
+                                trust_pickle=args.trust_pickle, threads=args.threads,
+                                verify=not args.no_verify)
+    _warn_if_degenerate(model.meta, args.model)
+    records = predict_paths(model, inputs, args.out, file_channels=args.channels, overlay=args.overlay,
                             probabilities=args.probabilities, overwrite=args.overwrite,
-                            batch_size=args.batch_size, allow_no_metadata=args.allow_no_metadata,
-                            trust_pickle=args.trust_pickle, threads=args.threads,
-                            verify=not args.no_verify,
-                            echo=lambda line: print(line, flush=True))
+                            batch_size=args.batch_size, echo=lambda line: print(line, flush=True))
     for line in summary_lines(records):
         print(line, file=sys.stderr)
     print(f"outputs in {args.out}", file=sys.stderr)

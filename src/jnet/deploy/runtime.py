@@ -73,7 +73,8 @@ class ModelMeta:
     """What a predictor needs to know about its model, stored in every exported file.
 
     ``size`` is S of the slice cache the model was trained on (normally ``out_size``);
-    ``extra`` holds optional keys (head layout, INT8 gate results, ...).
+    ``extra`` holds optional keys (head layout, INT8 gate results, ``degenerate``: the note of a
+    checkpoint whose validation found a degenerate predictor, ...).
     """
 
     in_size: int
@@ -92,7 +93,8 @@ class ModelMeta:
 
     @classmethod
     def from_model(cls, model: Any, info: dict, **extra: Any) -> "ModelMeta":
-        """Build from a jnet model (``.in_size`` ...) and its checkpoint ``info`` dict."""
+        """Build from a jnet model (``.in_size`` ...) and its checkpoint ``info`` dict (its
+        ``degenerate`` note, if any, goes into ``extra``)."""
         missing = [k for k in ("task", "channels") if k not in info]
         if missing:
             raise CheckpointError(f"model info: missing fields {missing}; expected the dict that "
@@ -107,8 +109,13 @@ class ModelMeta:
             size=int(info.get("size", model.out_size)),
             model=dict(getattr(model, "config", None) or info.get("model") or {}),
             jnet_version=str(info.get("jnet_version", __version__)),
-            extra=dict(extra),
+            extra={**({"degenerate": info["degenerate"]} if info.get("degenerate") else {}), **extra},
         )
+
+    @property
+    def degenerate(self) -> str | None:
+        """The degenerate note of the checkpoint the model came from (None: healthy or unknown)."""
+        return self.extra.get("degenerate") or None
 
     def to_props(self) -> dict[str, str]:
         """The ONNX ``metadata_props``: every field as a JSON string (extra keys flattened)."""

@@ -9,6 +9,9 @@ directory) with one extra key, ``"jnet"``: the *info* a model needs to be used w
      "config": {...the resolved training config...}}
 
 :func:`save_weights` writes the same info with a bare ``state_dict`` (for export and sweeps).
+Lightning checkpoints also carry ``"jnet_validation"``, one entry per validation (epoch, Jaccard,
+degenerate note); :func:`load_model` adds ``"degenerate"`` to the info where the validation of the
+checkpoint's own epoch found a degenerate predictor, so export and predict can say so.
 
 Loading never runs code from the file: ``torch.load(weights_only=True)`` accepts tensors and plain
 containers only. A file that needs more is refused unless ``trust_pickle=True``; a truncated, empty
@@ -220,7 +223,8 @@ def load_model(path: str | os.PathLike, trust_pickle: bool = False,
 
     Returns:
         ``(model in eval mode on the CPU, info)``; ``info`` holds model, task, channels, size,
-        in_size, downsample, normalisation, jnet_version (see the module docstring).
+        in_size, downsample, normalisation, jnet_version (see the module docstring), and
+        ``degenerate`` where the checkpoint's own validation found a degenerate predictor.
 
     Raises:
         CheckpointError: see :func:`read_checkpoint`; differing config fields (all listed); weights
@@ -239,6 +243,9 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], file: Path,
     from jnet.models import build_model
 
     info = dict(ckpt["jnet"])
+    note = degenerate_note(ckpt)
+    if note:
+        info["degenerate"] = note
     config = info.get("model")
     if not isinstance(config, dict):
         raise CheckpointError(f"{file}: {_NOT_OURS} (the jnet info has no model config)")
@@ -257,6 +264,16 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], file: Path,
         raise CheckpointError(f"{file}: the weights do not fit the model of its config "
                               f"({_first_line(e)})") from e
     return model, info
+
+
+def degenerate_note(ckpt: Mapping[str, Any]) -> Optional[str]:
+    """The degenerate note of the validation of the checkpoint's own epoch (None: healthy, or no
+    record of it, as in a :func:`save_weights` file)."""
+    epoch = ckpt.get("epoch")
+    for entry in ckpt.get("jnet_validation") or []:
+        if isinstance(entry, Mapping) and entry.get("epoch") == epoch:
+            return entry.get("degenerate") or None
+    return None
 
 
 def _first_byte(path: Path) -> bytes:
