@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from jnet.cli import comma_list
+
+if TYPE_CHECKING:
+    from jnet.deploy.runtime import ModelMeta
 
 
 def _ints(text: str) -> list[int]:
@@ -127,7 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_if_degenerate(meta, source) -> None:
+def _warn_if_degenerate(meta: "ModelMeta", source: object) -> None:
     """A model from a checkpoint whose validation found it degenerate is named on stderr."""
     if meta.degenerate:
         print(f"WARNING: {source} comes from a checkpoint that was {meta.degenerate} of its "
