@@ -106,6 +106,22 @@ def test_cli_prints_the_gain_and_writes_json(tmp_path, capsys):
     assert "no per_slice.csv" in capsys.readouterr().err
 
 
+def test_cli_prints_each_side_as_mean_and_std_over_the_seeds(tmp_path, capsys):
+    from jnet.cli import main
+
+    cases = _cases(MIN_CASES)
+    ref = np.linspace(0.2, 0.8, len(cases))  # mean 0.5
+    for s, (up, down) in enumerate(((0.02, 0.0), (0.06, 0.02))):
+        write_eval(tmp_path / f"m{s}", ref + up, cases)
+        write_eval(tmp_path / f"r{s}", ref - down, cases)
+    assert main(["compare", str(tmp_path / "m0"), str(tmp_path / "m1"),
+                 "--against", str(tmp_path / "r0"), str(tmp_path / "r1")]) == 0
+    text = capsys.readouterr().out
+    assert "model: mean slice Jaccard 54.0 ± 2.0 % over 2 seed(s) (52.0, 56.0)" in text
+    assert "reference: mean slice Jaccard 49.0 ± 1.0 % over 2 seed(s) (50.0, 48.0)" in text
+    assert "per seed: +2.0, +8.0 points" in text
+
+
 def test_score_intervals_bracket_the_means_over_cases():
     from jnet.evaluation.compare import score_intervals
 

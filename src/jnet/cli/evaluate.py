@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from jnet.errors import ConfigError
     from jnet.evaluation.compare import describe, paired_gain, read_scores
     from jnet.utils.atomic import write_json
@@ -75,6 +77,10 @@ def run_compare(args: argparse.Namespace) -> int:
     result = paired_gain([read_scores(d) for d in args.model], [read_scores(d) for d in args.against],
                          level=args.level)
     if result["per_seed"]:
+        for side in ("model", "reference"):
+            scores = 100 * np.array(result[f"{side}_jaccard"])
+            print(f"{side}: mean slice Jaccard {scores.mean():.1f} ± {scores.std():.1f} % over "
+                  f"{len(scores)} seed(s) ({', '.join(f'{v:.1f}' for v in scores)})")
         print("per seed: " + ", ".join(f"{100 * g:+.1f}" for g in result["per_seed"]) + " points")
     print(f"gain in mean slice Jaccard: {describe(result)} ({result['n_slices']} slices)")
     if args.json:

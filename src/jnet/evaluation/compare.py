@@ -83,8 +83,9 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
     Returns:
         ``gain`` (mean over the pairs), ``per_seed``, ``ci_low``/``ci_high`` (None with fewer than
         :data:`MIN_CASES` test cases), ``level``, ``ahead`` (pairs with a positive gain),
-        ``n_pairs``, ``excluded``, ``n_cases``, ``n_slices``, ``resamples``; Jaccard as a
-        fraction. ``gain`` is None when no pair is left.
+        ``n_pairs``, ``excluded``, ``n_cases``, ``n_slices``, ``resamples``, and each side's own
+        mean slice Jaccard per pair (``model_jaccard``, ``reference_jaccard``: the figures a
+        table quotes as mean ± std); Jaccard as a fraction. ``gain`` is None when no pair is left.
     Raises:
         DataError: the lists differ in length or are empty, or two evaluations scored other slices.
     """
@@ -100,7 +101,9 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
     cases, case_of = np.unique(first.case, return_inverse=True)
     result = {"level": level, "n_pairs": len(pairs), "excluded": len(model) - len(pairs),
               "n_cases": len(cases), "n_slices": len(first.index), "resamples": resamples,
-              "gain": None, "per_seed": [], "ahead": 0, "ci_low": None, "ci_high": None}
+              "gain": None, "per_seed": [], "ahead": 0, "ci_low": None, "ci_high": None,
+              "model_jaccard": [float(m.jaccard.mean()) for m, _ in pairs],
+              "reference_jaccard": [float(r.jaccard.mean()) for _, r in pairs]}
     if not pairs:
         return result
     # per pair and case: the sum of the slice differences; per case: its slice count
