@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jnet.errors import CheckpointError
-from jnet.training.checkpoint import (config_differences, degenerate_note, load_model, make_info, read_checkpoint,
+from jnet.training.checkpoint import (config_differences, degenerate_at_epoch, load_model, make_info, read_checkpoint,
                                      save_weights)
 from jnet.training.config import config_from_dict
 from conftest import tiny, write_cache
@@ -73,7 +73,7 @@ def test_run_dir_loads_the_best_checkpoint(trained, tmp_path):
     assert info["model"]["width"] == 4
     ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")
     # the checkpoint's info, plus the note of its own validation where that was degenerate
-    assert {**ckpt["jnet"], **({"degenerate": degenerate_note(ckpt)} if degenerate_note(ckpt) else {})} == info
+    assert {**ckpt["jnet"], **({"degenerate": degenerate_at_epoch(ckpt)} if degenerate_at_epoch(ckpt) else {})} == info
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "checkpoints" / "best.ckpt").unlink()

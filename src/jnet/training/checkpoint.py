@@ -243,7 +243,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], file: Path,
     from jnet.models import build_model
 
     info = dict(ckpt["jnet"])
-    note = degenerate_note(ckpt)
+    note = degenerate_at_epoch(ckpt)
     if note:
         info["degenerate"] = note
     config = info.get("model")
@@ -266,7 +266,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], file: Path,
     return model, info
 
 
-def degenerate_note(ckpt: Mapping[str, Any]) -> Optional[str]:
+def degenerate_at_epoch(ckpt: Mapping[str, Any]) -> Optional[str]:
     """The degenerate note of the validation of the checkpoint's own epoch (None: healthy, or no
     record of it, as in a :func:`save_weights` file)."""
     epoch = ckpt.get("epoch")
