@@ -157,6 +157,23 @@ def test_make_cells_expands_the_grid_and_dedupes_fixed_sizes(tmp_path):
     assert cells[1].config["train"]["seed"] == 1
 
 
+def test_a_model_entry_may_run_seeds_of_its_own(tmp_path):
+    from jnet.experiments.sweep import load_sweep, make_cells
+
+    path = _sweep_file(tmp_path, sizes=[16], seeds=[0, 1, 2],
+                       models={"jnet": {"arch": "jnet"}, "big": {"arch": "baseline", "in_size": 32, "seeds": [0, 1]}})
+    cells = make_cells(load_sweep(path), data_path="/nowhere")
+    assert [c.name for c in cells] == ["jnet-16-seed0", "jnet-16-seed1", "jnet-16-seed2",
+                                       "big-32-seed0", "big-32-seed1"]
+    assert "seeds" not in cells[-1].config["model"]  # a sweep field, not a model field
+    for bad in ([], [0.5], "0"):
+        path = _sweep_file(tmp_path, models={"big": {"arch": "baseline", "seeds": bad}})
+        with pytest.raises(ConfigError, match=r"models\.big\.seeds: expected a non-empty list"):
+            make_cells(load_sweep(path), data_path="/nowhere")
+    with pytest.raises(ConfigError, match="sweep seeds: expected"):
+        load_sweep(_sweep_file(tmp_path, seeds=[]))
+
+
 def test_a_model_entry_may_change_the_loss_and_train_sections(tmp_path):
     from jnet.experiments.sweep import load_sweep, make_cells
 

@@ -18,6 +18,7 @@ Sweep config (YAML)::
       jnet: {arch: jnet, head: paper}
       baseline: {arch: baseline, train_at: input}
       base-full: {arch: base, in_size: 256}   # a fixed in_size: one cell per seed, not per size
+      costly: {arch: baseline, in_size: 32, seeds: [0, 1, 2]}   # its own seeds (fewer, for a costly model)
       jnet-final: {arch: jnet, loss: {weights: [0, 0, 0, 0, 1]}}   # loss/train: recipe ablations
     reference: baseline               # the model J-Net's gain is measured against
     bench: {batch: 16, reps: 10, onnx: true}
@@ -90,7 +91,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         raw["recipe_path"] = str(recipe_path)
     else:
         raw["recipe"] = {}
-    raw.setdefault("seeds", [0])
+    raw["seeds"] = _seeds(raw.get("seeds", [0]), "seeds")
     raw.setdefault("overrides", [])
     raw.setdefault("reference", "baseline")
     raw.setdefault("bench", {})
@@ -102,8 +103,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> dict:
 def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[Cell]:
     """Expand the grid into cells with validated training configs, in a stable order.
 
-    A model entry with its own ``in_size`` gives one cell per seed; cells whose (model, in_size,
-    seed) repeat are kept once.
+    A model entry with its own ``in_size`` gives one cell per seed, one with its own ``seeds`` runs
+    those instead of the sweep's; cells whose (model, in_size, seed) repeat are kept once.
     """
     recipe = apply_overrides(sweep["recipe"], sweep.get("overrides", []), source=sweep.get("source", "sweep"))
     data = {**(recipe.get("data") or {}), **(sweep.get("data") or {})}
@@ -115,9 +116,10 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
         # an entry may also change the recipe's loss or train section: an ablation of the recipe
         loss_fields = dict(fields.pop("loss", None) or {})
         train_fields = dict(fields.pop("train", None) or {})
+        seeds = _seeds(fields.pop("seeds", sweep["seeds"]), f"models.{model_name}.seeds")
         for size in sweep["sizes"]:
             in_size = int(fields.get("in_size", size))
-            for seed in sweep["seeds"]:
+            for seed in seeds:
                 key = (model_name, in_size, int(seed))
                 if key in seen:
                     continue
@@ -134,6 +136,13 @@ def make_cells(sweep: Mapping[str, Any], data_path: str | None = None) -> list[C
                 name = f"{model_name}-{in_size}-seed{seed}"
                 cells.append(Cell(name, model_name, in_size, int(seed), to_dict(config)))
     return cells
+
+
+def _seeds(value: Any, field: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+        raise ConfigError(f"sweep {field}: expected a non-empty list of integer seeds, found {value!r}")
+    return value
 
 
 def run_cell(cell: Cell, cell_dir: Path, sweep: Mapping[str, Any], *, quiet: bool = False,
@@ -280,7 +289,8 @@ def paired_comparisons(out: Path, sweep: Mapping, cells: Sequence[Cell], rows: S
     results = []
     for model in sorted({c.model for c in cells if c.config["model"].get("arch") == "jnet"}):
         for size in sorted({c.in_size for c in cells if c.model == model}):
-            seeds = [s for s in sweep["seeds"] if (model, size, s) in by_key and (reference, size, s) in by_key]
+            seeds = sorted(s for (m, z, s) in by_key if m == model and z == size
+                           and (reference, size, s) in by_key)
             if not seeds:
                 continue
             scores = [[read_scores(out / "cells" / by_key[(m, size, s)].name / "eval") for s in seeds]
@@ -370,12 +380,15 @@ def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: l
         report.comparison_table(comparisons), ""] if comparisons else []
     env = environment()
     downsample = {c.config["data"].get("downsample") for c in cells}
+    own_seeds = (" (a model with seeds of its own: over those, as its `seeds` column counts)"
+                 if any({c.seed for c in cells if c.model == m} != set(sweep["seeds"])
+                        for m in {c.model for c in cells}) else "")
     lines = [
         "# jnet sweep report", "",
         f"Dataset: `{cells[0].config['data'].get('path')}`; low-resolution input simulated with "
         f"`{', '.join(sorted(d for d in downsample if d))}` downsampling; metrics on the "
         f"`{sweep.get('evaluate', {}).get('split', 'test')}` split at the output resolution, "
-        f"mean ± std over seeds {list(sweep['seeds'])}.", "",
+        f"mean ± std over seeds {list(sweep['seeds'])}{own_seeds}.", "",
         "## Summary (measured)", "",
         *(summary or ["- no J-Net/reference pair at a common input size in this grid."]), "",
         "## Results", "", table, "", *compared,
