@@ -195,6 +195,7 @@ def test_bad_sweep_keys_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, monkeypatch):
+    from jnet.experiments import bench as bench_mod
     from jnet.experiments import sweep as sweep_mod
     from jnet.experiments.sweep import run_sweep
 
@@ -229,8 +230,24 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
         raise AssertionError("a finished cell was trained again")
 
     monkeypatch.setattr(sweep_mod, "run_cell", no_training)
+    # the table's speed: one model per row, timed side by side once the cells are done
+    timed_keys = []
+
+    def fake_bench(runs, reps, warmup, rounds=4):
+        timed_keys.extend(runs)
+        return {key: [{"batch": b, "images_per_s": 1234.0 + b, "latency_ms_p50": 0.5, "latency_ms_p95": 0.75,
+                       "peak_rss_mb": 1.0} for b in batches] for key, (_, _, batches) in runs.items()}
+
+    monkeypatch.setattr(bench_mod, "bench_interleaved", fake_bench)
     run_sweep(path, out, data=str(prepared), quiet=True)
     assert json.loads(cell.read_text()) == before
+    assert sorted(timed_keys) == [("baseline", 16, 0, "onnx"), ("baseline", 16, 0, "torch"),
+                                  ("jnet", 16, 0, "onnx"), ("jnet", 16, 0, "torch")]
+    table = (out / "results.md").read_text()
+    for model in ("jnet", "baseline"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
+        assert row.count("| 1236 |") == 2 and "| 0.50 |" in row  # torch and ONNX at batch 2; latency at 1
+    assert "every cell's model timed side by side" in table
 
 
 @pytest.mark.slow
@@ -278,12 +295,18 @@ def test_local_launcher_runs_cells_in_parallel_processes(prepared, tmp_path):
     before = len(list((tmp_path / "jobs-out" / "jobs").iterdir()))
     run_sweep(path, tmp_path / "jobs-out", data=str(prepared), quiet=True, launch=launch)
     assert len(list((tmp_path / "jobs-out" / "jobs").iterdir())) == before  # nothing resubmitted
-    # speeds timed beside another cell say so; timed alone, nothing is said
-    assert {(r["bench_threads"], r["bench_alongside"]) for r in rows.values()} == {("1", "1")}
+    # the table's speeds are timed side by side after the jobs; each cell's own timing (in
+    # cell.json) says it ran beside another cell, and the table says so where it shows those
+    own = [json.loads(f.read_text()) for f in (tmp_path / "jobs-out" / "cells").glob("*/cell.json")]
+    assert len(own) == 4 and {(r["bench_threads"], r["bench_alongside"]) for r in own} == {(1, 1)}
+    assert "every cell's model timed side by side" in (tmp_path / "jobs-out" / "results.md").read_text()
+    assert {r["bench_alongside"] for r in report.read_csv(tmp_path / "jobs-out" / "results.csv")} == {"0"}
+    run_sweep(path, tmp_path / "jobs-out", data=str(prepared), quiet=True, launch=launch,
+              overrides=["bench.side_by_side=false"])
     note = ("- speed columns of 4 of 4 cells were timed while up to 1 other cell(s) ran on the same "
             "machine, with 1 torch thread(s) each")
     assert note in (tmp_path / "jobs-out" / "results.md").read_text()
-    assert "speed columns" not in (tmp_path / "here" / "results.md").read_text()
+    assert "speed columns of" not in (tmp_path / "here" / "results.md").read_text()
 
 
 def test_a_failed_job_is_named_and_the_others_finish(tmp_path, monkeypatch):

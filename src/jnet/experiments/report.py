@@ -164,6 +164,15 @@ def degenerate_note(rows: Sequence[dict]) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def side_by_side_note(bench: dict) -> str:
+    """The line under a table whose speed columns were timed side by side
+    (:func:`jnet.experiments.sweep.time_side_by_side`)."""
+    return (f"- speed columns: every cell's model timed side by side in one process after the cells "
+            f"finished (interleaved passes, {int(bench.get('reps', 10))} calls per model and batch "
+            f"size), mean over seeds; each cell's `cell.json` keeps its own timing, taken after its "
+            f"training\n")
+
+
 def speed_note(rows: Sequence[dict]) -> str:
     """A line under a table whose speed columns were timed while other cells ran on the same
     machine (``--launcher local --max-parallel N``); nothing otherwise."""

@@ -2,8 +2,9 @@
 
 Each cell trains, evaluates at the output resolution and benches (PyTorch eager and ONNX Runtime),
 then writes ``cells/<name>/cell.json``. A cell with ``cell.json`` is finished and skipped on a
-re-run; a cell interrupted mid-training resumes from its last checkpoint. At the end the rows are
-gathered into ``results.csv``, ``results.md``, plots and ``report.md`` (see :mod:`jnet.experiments.report`).
+re-run; a cell interrupted mid-training resumes from its last checkpoint. At the end every cell's
+model is timed again, side by side (:func:`time_side_by_side`), and the rows are gathered into
+``results.csv``, ``results.md``, plots and ``report.md`` (see :mod:`jnet.experiments.report`).
 
 Sweep config (YAML)::
 
@@ -21,7 +22,7 @@ Sweep config (YAML)::
       costly: {arch: baseline, in_size: 32, seeds: [0, 1, 2]}   # its own seeds (fewer, for a costly model)
       jnet-final: {arch: jnet, loss: {weights: [0, 0, 0, 0, 1]}}   # loss/train: recipe ablations
     reference: baseline               # the model J-Net's gain is measured against
-    bench: {batch: 16, reps: 10, onnx: true}
+    bench: {batch: 16, reps: 10, onnx: true, side_by_side: true}   # side_by_side: see time_side_by_side
 """
 from __future__ import annotations
 
@@ -212,6 +213,64 @@ def bench_cell(model, info: Mapping, cell_dir: Path, options: Mapping[str, Any])
     return out
 
 
+def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell],
+                      rows: Sequence[dict]) -> dict[tuple[str, int, int], dict]:
+    """The speed of every finished cell's model, all timed side by side in this process once the
+    cells are done (:func:`jnet.experiments.bench.bench_interleaved`). A cell's own timing came
+    right after its training, at another moment than the others' (with ``--launcher`` beside other
+    cells, or on another machine), too far apart for a ratio.
+
+    Returns:
+        ``(model, in_size, seed)`` -> the speed fields of a row: ``images_per_s`` (eager PyTorch at
+        the sweep's bench batch), ``latency_p50_ms``/``latency_p95_ms`` (batch 1),
+        ``onnx_images_per_s`` (where the cell has its ONNX file), ``bench_threads`` and
+        ``bench_alongside`` (0).
+    """
+    import torch
+
+    from jnet.deploy.export import inference_module
+    from jnet.deploy.runtime import make_session
+    from jnet.experiments.bench import bench_interleaved
+    from jnet.training.checkpoint import load_model
+
+    options = sweep.get("bench", {})
+    batch, reps = int(options.get("batch", 16)), int(options.get("reps", 10))
+    batches = sorted({1, batch})
+    finished = {(r["model"], int(r["in_size"]), int(r["seed"])) for r in rows}
+    runs = {}
+    for cell in cells:
+        key = (cell.model, cell.in_size, cell.seed)
+        if key not in finished:
+            continue
+        cell_dir = out / "cells" / cell.name
+        model, _ = load_model(cell_dir / "run")
+        deployed, _ = inference_module(model)
+        sample = (model.in_channels, model.in_size, model.in_size)
+
+        def torch_run(x, deployed=deployed):
+            with torch.inference_mode():
+                return deployed(torch.from_numpy(x))
+
+        runs[(*key, "torch")] = (torch_run, sample, batches)
+        onnx_path = cell_dir / "model.onnx"
+        if options.get("onnx", True) and onnx_path.exists():
+            session = make_session(onnx_path, source=str(onnx_path))
+            name = session.get_inputs()[0].name
+            runs[(*key, "onnx")] = (lambda x, s=session, n=name: s.run(None, {n: x}), sample, batches)
+    timed = bench_interleaved(runs, reps, warmup=3) if runs else {}
+    speed = {}
+    for *key, backend in timed:
+        if backend != "torch":
+            continue
+        one, many = timed[(*key, "torch")][0], timed[(*key, "torch")][-1]
+        speed[tuple(key)] = {"images_per_s": many["images_per_s"], "latency_p50_ms": one["latency_ms_p50"],
+                             "latency_p95_ms": one["latency_ms_p95"],
+                             "bench_threads": torch.get_num_threads(), "bench_alongside": 0}
+        if (*key, "onnx") in timed:
+            speed[tuple(key)]["onnx_images_per_s"] = timed[(*key, "onnx")][-1]["images_per_s"]
+    return speed
+
+
 def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = None,
               overrides: Sequence[str] = (), quiet: bool = False, launch: Any = None) -> Path:
     """Run (or resume) every cell of a sweep, then write the tables, plots and report.
@@ -262,9 +321,14 @@ def _plain_sweep(sweep: Mapping) -> dict:
 
 def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[Cell]) -> Path:
     """Tables, plots, the sample figure and ``report.md`` from finished cells."""
+    bench = sweep.get("bench", {})
+    speed = time_side_by_side(out, sweep, cells, rows) if bench.get("side_by_side", True) else {}
+    # every speed column from one side-by-side timing; each cell.json keeps the cell's own
+    rows = [{**row, **speed.get((row["model"], int(row["in_size"]), int(row["seed"])), {})} for row in rows]
     report.write_csv(rows, out / "results.csv")
     aggregated = report.aggregate(rows)
-    table = report.markdown_table(aggregated) + report.degenerate_note(rows) + report.speed_note(rows)
+    table = report.markdown_table(aggregated) + report.degenerate_note(rows) + (
+        report.side_by_side_note(bench) if speed else report.speed_note(rows))
     write_text(out / "results.md", table)
     report.plot_quality_vs_size(aggregated, out / "jaccard_vs_size.png")
     report.plot_pareto(aggregated, out / "pareto.png")
@@ -393,8 +457,9 @@ def write_report(out: Path, sweep: Mapping, cells: Sequence[Cell], aggregated: l
         *(summary or ["- no J-Net/reference pair at a common input size in this grid."]), "",
         "## Results", "", table, "", *compared,
         "Speed: eager PyTorch and ONNX Runtime images/s at the batch size in the sweep's `bench` "
-        f"section, on this machine ({env['processor']}, {env['torch_threads']} torch threads); "
-        "compare ratios within this table, not with other machines.", "",
+        f"section, on this machine ({env['processor']}, {env['torch_threads']} torch threads; how "
+        "they were timed: the line under the table); compare ratios within this table, not with "
+        "other machines.", "",
         "## Figures", "",
         *[f"![{f}]({f})" for f in figures], "",
         "## Environment", "", "```json", json.dumps(env, indent=2), "```", "",
