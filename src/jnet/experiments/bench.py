@@ -308,7 +308,9 @@ def bench_interleaved(runs: dict[Any, tuple[Callable[[np.ndarray], Any], Sequenc
                       reps: int, warmup: int, rounds: int = ROUNDS) -> dict[Any, list[dict]]:
     """Time several models side by side: ``rounds`` passes over all of them, each timing its
     share of ``reps`` calls per batch size, so that load changes on a shared machine hit every
-    model alike and their ratios stay meaningful; each block after a rest of :data:`SETTLE_S`.
+    model alike and their ratios stay meaningful; each block after a rest of :data:`SETTLE_S` and
+    one untimed call (the rest leaves the thread pools cold: without the call, a block of one or
+    two timed calls read a 2 ms model at up to 30 ms).
 
     Args:
         runs: key -> ``(run, sample shape (C, s, s), batch sizes)``.
@@ -333,8 +335,8 @@ def bench_interleaved(runs: dict[Any, tuple[Callable[[np.ndarray], Any], Sequenc
                     with PeakRSS() as peak:
                         times[(key, b)] += time_calls(lambda: run(x), share[r], warmup)
                     peaks[(key, b)] = peak.mb
-                else:
-                    times[(key, b)] += time_calls(lambda: run(x), share[r], 0)
+                else:  # one untimed call first: after the rest, the thread pools start cold
+                    times[(key, b)] += time_calls(lambda: run(x), share[r], 1)
     return {key: [_stats(b, times[(key, b)], peaks[(key, b)]) for b in batches]
             for key, (_, _, batches) in runs.items()}
 
