@@ -248,6 +248,18 @@ def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, m
         row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
         assert row.count("| 1236 |") == 2 and "| 0.50 |" in row  # torch and ONNX at batch 2; latency at 1
     assert "every cell's model timed side by side" in table
+    # a cell whose checkpoint no longer loads keeps its own timing, and the table says so
+    from jnet.training.checkpoint import resolve
+
+    with open(resolve(out / "cells" / "baseline-16-seed0" / "run"), "ab") as f:
+        f.write(b"changed after it was written")
+    timed_keys.clear()
+    run_sweep(path, out, data=str(prepared), quiet=True)
+    assert sorted(timed_keys) == [("jnet", 16, 0, "onnx"), ("jnet", 16, 0, "torch")]
+    table = (out / "results.md").read_text()
+    assert "- not timed again, so shown with their own timing: 1 cell(s) (baseline-16-seed0: " in table
+    row = next(line for line in table.splitlines() if line.startswith("| baseline |"))
+    assert "| 1236 |" not in row
 
 
 @pytest.mark.slow

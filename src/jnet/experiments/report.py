@@ -164,13 +164,17 @@ def degenerate_note(rows: Sequence[dict]) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
-def side_by_side_note(bench: dict) -> str:
-    """The line under a table whose speed columns were timed side by side
-    (:func:`jnet.experiments.sweep.time_side_by_side`)."""
-    return (f"- speed columns: every cell's model timed side by side in one process after the cells "
+def side_by_side_note(bench: dict, skipped: Sequence[str] = ()) -> str:
+    """The lines under a table whose speed columns were timed side by side
+    (:func:`jnet.experiments.sweep.time_side_by_side`), naming the cells that could not be."""
+    note = (f"- speed columns: every cell's model timed side by side in one process after the cells "
             f"finished (interleaved passes, {int(bench.get('reps', 10))} calls per model and batch "
             f"size), mean over seeds; each cell's `cell.json` keeps its own timing, taken after its "
             f"training\n")
+    if skipped:
+        note += (f"- not timed again, so shown with their own timing: {len(skipped)} cell(s) "
+                 f"({'; '.join(skipped)})\n")
+    return note
 
 
 def speed_note(rows: Sequence[dict]) -> str:

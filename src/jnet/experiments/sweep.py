@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from jnet import __version__
-from jnet.errors import ConfigError
+from jnet.errors import ConfigError, JnetError
 from jnet.experiments import report
 from jnet.training.config import apply_overrides, config_from_dict, to_dict
 from jnet.utils.atomic import write_json, write_text
@@ -214,17 +214,19 @@ def bench_cell(model, info: Mapping, cell_dir: Path, options: Mapping[str, Any])
 
 
 def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell],
-                      rows: Sequence[dict]) -> dict[tuple[str, int, int], dict]:
+                      rows: Sequence[dict]) -> tuple[dict[tuple[str, int, int], dict], list[str]]:
     """The speed of every finished cell's model, all timed side by side in this process once the
     cells are done (:func:`jnet.experiments.bench.bench_interleaved`). A cell's own timing came
     right after its training, at another moment than the others' (with ``--launcher`` beside other
     cells, or on another machine), too far apart for a ratio.
 
+    A cell whose files no longer load keeps its own timing and is named in ``skipped``.
+
     Returns:
         ``(model, in_size, seed)`` -> the speed fields of a row: ``images_per_s`` (eager PyTorch at
         the sweep's bench batch), ``latency_p50_ms``/``latency_p95_ms`` (batch 1),
         ``onnx_images_per_s`` (where the cell has its ONNX file), ``bench_threads`` and
-        ``bench_alongside`` (0).
+        ``bench_alongside`` (0); and ``skipped``: ``"cell name: error"`` per cell not timed.
     """
     import torch
 
@@ -237,14 +239,21 @@ def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell]
     batch, reps = int(options.get("batch", 16)), int(options.get("reps", 10))
     batches = sorted({1, batch})
     finished = {(r["model"], int(r["in_size"]), int(r["seed"])) for r in rows}
-    runs = {}
+    runs, skipped = {}, []
     for cell in cells:
         key = (cell.model, cell.in_size, cell.seed)
         if key not in finished:
             continue
         cell_dir = out / "cells" / cell.name
-        model, _ = load_model(cell_dir / "run")
-        deployed, _ = inference_module(model)
+        try:
+            model, _ = load_model(cell_dir / "run")
+            deployed, _ = inference_module(model)
+            onnx_path = cell_dir / "model.onnx"
+            session = (make_session(onnx_path, source=str(onnx_path))
+                       if options.get("onnx", True) and onnx_path.exists() else None)
+        except JnetError as e:  # the table still shows the cell, with its own timing
+            skipped.append(f"{cell.name}: {str(e).splitlines()[0]}")
+            continue
         sample = (model.in_channels, model.in_size, model.in_size)
 
         def torch_run(x, deployed=deployed):
@@ -252,9 +261,7 @@ def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell]
                 return deployed(torch.from_numpy(x))
 
         runs[(*key, "torch")] = (torch_run, sample, batches)
-        onnx_path = cell_dir / "model.onnx"
-        if options.get("onnx", True) and onnx_path.exists():
-            session = make_session(onnx_path, source=str(onnx_path))
+        if session is not None:
             name = session.get_inputs()[0].name
             runs[(*key, "onnx")] = (lambda x, s=session, n=name: s.run(None, {n: x}), sample, batches)
     timed = bench_interleaved(runs, reps, warmup=3) if runs else {}
@@ -268,7 +275,7 @@ def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell]
                              "bench_threads": torch.get_num_threads(), "bench_alongside": 0}
         if (*key, "onnx") in timed:
             speed[tuple(key)]["onnx_images_per_s"] = timed[(*key, "onnx")][-1]["images_per_s"]
-    return speed
+    return speed, skipped
 
 
 def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = None,
@@ -322,13 +329,13 @@ def _plain_sweep(sweep: Mapping) -> dict:
 def write_results(out: Path, rows: list[dict], sweep: Mapping, cells: Sequence[Cell]) -> Path:
     """Tables, plots, the sample figure and ``report.md`` from finished cells."""
     bench = sweep.get("bench", {})
-    speed = time_side_by_side(out, sweep, cells, rows) if bench.get("side_by_side", True) else {}
+    speed, skipped = time_side_by_side(out, sweep, cells, rows) if bench.get("side_by_side", True) else ({}, [])
     # every speed column from one side-by-side timing; each cell.json keeps the cell's own
     rows = [{**row, **speed.get((row["model"], int(row["in_size"]), int(row["seed"])), {})} for row in rows]
     report.write_csv(rows, out / "results.csv")
     aggregated = report.aggregate(rows)
     table = report.markdown_table(aggregated) + report.degenerate_note(rows) + (
-        report.side_by_side_note(bench) if speed else report.speed_note(rows))
+        report.side_by_side_note(bench, skipped) if speed or skipped else report.speed_note(rows))
     write_text(out / "results.md", table)
     report.plot_quality_vs_size(aggregated, out / "jaccard_vs_size.png")
     report.plot_pareto(aggregated, out / "pareto.png")
@@ -382,7 +389,10 @@ def write_samples(out: Path, sweep: Mapping, cells: Sequence[Cell], n: int = 3) 
     jnet_name = next((m for m, c in pick.items() if c.config["model"].get("arch") == "jnet"), None)
     if jnet_name is None or reference not in pick:
         return False
-    models = {name: load_model(out / "cells" / pick[name].name / "run") for name in (reference, jnet_name)}
+    try:
+        models = {name: load_model(out / "cells" / pick[name].name / "run") for name in (reference, jnet_name)}
+    except JnetError:  # a checkpoint changed since its cell finished: the tables still come out
+        return False
     config = pick[jnet_name].config
     split = sweep.get("evaluate", {}).get("split", "test")
     dataset = SliceDataset(config["data"]["path"], split, fold=config["data"].get("fold", 0), in_size=size,
