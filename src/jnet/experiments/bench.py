@@ -357,6 +357,26 @@ def _summary(run: Callable[[np.ndarray], Any], shape: Sequence[int], batch: int,
             "peak_mem_mb": max(one["peak_rss_mb"], many["peak_rss_mb"])}
 
 
+def torch_runner(model: Any) -> Callable[[np.ndarray], Any]:
+    """A call of ``model`` (eval mode) on a float32 batch, without autograd."""
+    import torch
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x))
+
+    return run
+
+
+def onnx_runner(model: str | os.PathLike | bytes, threads: int | None = None) -> Callable[[np.ndarray], Any]:
+    """A call of an ONNX Runtime session of ``model`` (a file or a graph) on a float32 batch."""
+    from jnet.deploy.runtime import make_session
+
+    session = make_session(model, threads=threads, source=str(model)[:200])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
 def measure_torch(model: Any, shape: Sequence[int], *, batch: int = 16, reps: int = 10,
                   warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
     """Eager PyTorch speed of ``model`` (the sweep's per-cell figure).
@@ -369,24 +389,14 @@ def measure_torch(model: Any, shape: Sequence[int], *, batch: int = 16, reps: in
         ``images_per_s`` (at ``batch``), ``latency_p50_ms``/``latency_p95_ms`` (batch 1),
         ``peak_mem_mb``, ``batch``.
     """
-    import torch
-
-    def run(x: np.ndarray) -> Any:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x))
-
     with torch_threads(threads):
-        return _summary(run, shape, batch, reps, warmup)
+        return _summary(torch_runner(model), shape, batch, reps, warmup)
 
 
 def measure_onnx(model: str | os.PathLike | bytes, shape: Sequence[int], *, batch: int = 16,
                  reps: int = 10, warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
     """ONNX Runtime (CPU) speed of an .onnx file or graph; same keys as :func:`measure_torch`."""
-    from jnet.deploy.runtime import make_session
-
-    session = make_session(model, threads=threads, source=str(model)[:200])
-    name = session.get_inputs()[0].name
-    return _summary(lambda x: session.run(None, {name: x}), shape, batch, reps, warmup)
+    return _summary(onnx_runner(model, threads), shape, batch, reps, warmup)
 
 
 def bench_end_to_end(predictor: Any, volume: Path, reps: int, warmup: int,
@@ -608,4 +618,5 @@ def markdown(result: dict[str, Any]) -> str:
 
 __all__ = ["BACKENDS", "run_bench", "markdown", "load_subject", "parse_spec", "make_predictor",
            "bench_callable", "bench_interleaved", "bench_end_to_end", "measure_torch", "measure_onnx",
+           "torch_runner", "onnx_runner",
            "PeakRSS"]

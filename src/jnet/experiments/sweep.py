@@ -231,8 +231,7 @@ def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell]
     import torch
 
     from jnet.deploy.export import inference_module
-    from jnet.deploy.runtime import make_session
-    from jnet.experiments.bench import bench_interleaved
+    from jnet.experiments.bench import bench_interleaved, onnx_runner, torch_runner
     from jnet.training.checkpoint import load_model
 
     options = sweep.get("bench", {})
@@ -245,36 +244,25 @@ def time_side_by_side(out: Path, sweep: Mapping[str, Any], cells: Sequence[Cell]
         if key not in finished:
             continue
         cell_dir = out / "cells" / cell.name
+        onnx_path = cell_dir / "model.onnx"
         try:
             model, _ = load_model(cell_dir / "run")
-            deployed, _ = inference_module(model)
-            onnx_path = cell_dir / "model.onnx"
-            session = (make_session(onnx_path, source=str(onnx_path))
-                       if options.get("onnx", True) and onnx_path.exists() else None)
+            sample = (model.in_channels, model.in_size, model.in_size)
+            runs[(*key, "torch")] = (torch_runner(inference_module(model)[0]), sample, batches)
+            if options.get("onnx", True) and onnx_path.exists():
+                runs[(*key, "onnx")] = (onnx_runner(onnx_path), sample, batches)
         except JnetError as e:  # the table still shows the cell, with its own timing
+            runs.pop((*key, "torch"), None)
             skipped.append(f"{cell.name}: {str(e).splitlines()[0]}")
-            continue
-        sample = (model.in_channels, model.in_size, model.in_size)
-
-        def torch_run(x, deployed=deployed):
-            with torch.inference_mode():
-                return deployed(torch.from_numpy(x))
-
-        runs[(*key, "torch")] = (torch_run, sample, batches)
-        if session is not None:
-            name = session.get_inputs()[0].name
-            runs[(*key, "onnx")] = (lambda x, s=session, n=name: s.run(None, {n: x}), sample, batches)
     timed = bench_interleaved(runs, reps, warmup=3) if runs else {}
     speed = {}
-    for *key, backend in timed:
-        if backend != "torch":
-            continue
+    for key in {k[:3] for k in timed}:
         one, many = timed[(*key, "torch")][0], timed[(*key, "torch")][-1]
-        speed[tuple(key)] = {"images_per_s": many["images_per_s"], "latency_p50_ms": one["latency_ms_p50"],
-                             "latency_p95_ms": one["latency_ms_p95"],
-                             "bench_threads": torch.get_num_threads(), "bench_alongside": 0}
+        speed[key] = {"images_per_s": many["images_per_s"], "latency_p50_ms": one["latency_ms_p50"],
+                      "latency_p95_ms": one["latency_ms_p95"],
+                      "bench_threads": torch.get_num_threads(), "bench_alongside": 0}
         if (*key, "onnx") in timed:
-            speed[tuple(key)]["onnx_images_per_s"] = timed[(*key, "onnx")][-1]["images_per_s"]
+            speed[key]["onnx_images_per_s"] = timed[(*key, "onnx")][-1]["images_per_s"]
     return speed, skipped
 
 
