@@ -193,6 +193,31 @@ def test_bad_sweep_keys_are_refused(tmp_path):
         load_sweep(_sweep_file(tmp_path, modles={}))
 
 
+def test_a_cell_that_cannot_run_refuses_the_sweep_before_any_trains(prepared, tmp_path, monkeypatch):
+    from jnet.experiments import sweep as sweep_mod
+    from jnet.experiments.sweep import run_sweep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cell trained although another cannot run")
+
+    monkeypatch.setattr(sweep_mod, "run_cell", no_training)
+    out = tmp_path / "out"
+    # 24 does not reach 64 by x2 steps: found before the 16x16 cells train, however many they are
+    with pytest.raises(ConfigError, match=r"(?s)sweep refused before any cell ran:\n"
+                       r"  jnet-24-seed0: invalid model config:\n      model.in_size: 24 .*"
+                       r"  baseline-24-seed0: invalid model config") as refused:
+        run_sweep(_sweep_file(tmp_path, sizes=[16, 24]), out, data=str(prepared), quiet=True)
+    assert "-16-seed0" not in str(refused.value)
+    # data the cells cannot read: one line naming every cell it refuses
+    with pytest.raises(ConfigError, match=r"  jnet-16-seed0, baseline-16-seed0: data.path: .*nowhere does not exist"):
+        run_sweep(_sweep_file(tmp_path), out, data=str(tmp_path / "nowhere"), quiet=True)
+    # a model field the data contradicts
+    with pytest.raises(ConfigError, match=r"jnet-16-seed0, baseline-16-seed0: model.classes: the config says 3"):
+        run_sweep(_sweep_file(tmp_path, recipe={"model": {"width": 4, "classes": 3}}), out,
+                  data=str(prepared), quiet=True)
+    assert not out.exists()  # nothing written
+
+
 @pytest.mark.slow
 def test_sweep_runs_reports_and_resumes_without_retraining(prepared, tmp_path, monkeypatch):
     from jnet.experiments import bench as bench_mod

@@ -1,7 +1,8 @@
 """`jnet sweep`: the paper's grid (models x input sizes x seeds) on one prepared dataset.
 
-Each cell trains, evaluates at the output resolution and benches (PyTorch eager and ONNX Runtime),
-then writes ``cells/<name>/cell.json``. A cell with ``cell.json`` is finished and skipped on a
+Every cell not yet finished is checked first (:func:`check_cells`): one that cannot run refuses
+the sweep before any cell trains. Each cell trains, evaluates at the output resolution and benches
+(PyTorch eager and ONNX Runtime), then writes ``cells/<name>/cell.json``. A cell with ``cell.json`` is finished and skipped on a
 re-run; a cell interrupted mid-training resumes from its last checkpoint. At the end every cell's
 model is timed again, side by side (:func:`time_side_by_side`), and the rows are gathered into
 ``results.csv``, ``results.md``, plots and ``report.md`` (see :mod:`jnet.experiments.report`).
@@ -282,6 +283,7 @@ def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = Non
     if not cells[0].config["data"].get("path"):
         raise ConfigError(f"{sweep_path}: data.path is not set; pass --data PREPARED_DIR")
     out = Path(out)
+    check_cells([c for c in cells if not (out / "cells" / c.name / "cell.json").exists()])
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.yaml", yaml.safe_dump(_plain_sweep(sweep), sort_keys=False))
     if launch is not None and launch.launcher != "none":
@@ -291,6 +293,27 @@ def run_sweep(sweep_path: str | Path, out: str | Path, *, data: str | None = Non
     else:
         rows = run_cells(cells, out, sweep, quiet=quiet)
     return write_results(out, rows, sweep, cells)
+
+
+def check_cells(cells: Sequence[Cell]) -> None:
+    """What training checks before it writes (:func:`jnet.training.run.check_run`), for every cell
+    before the first trains or is submitted: a cell that cannot run is found at once, not hours
+    into the sweep, and nothing is written.
+
+    Raises:
+        ConfigError: one line per problem, with the cells it refuses.
+    """
+    from jnet.training.run import check_run
+
+    problems: dict[str, list[str]] = {}
+    for cell in cells:
+        try:
+            check_run(config_from_dict(cell.config, source=cell.name))
+        except JnetError as e:
+            problems.setdefault(str(e), []).append(cell.name)
+    if problems:
+        raise ConfigError("sweep refused before any cell ran:\n" + "\n".join(
+            f"  {', '.join(names)}: " + message.replace("\n", "\n    ") for message, names in problems.items()))
 
 
 def run_cells(cells: Sequence[Cell], out: Path, sweep: Mapping[str, Any], *, quiet: bool = False) -> list[dict]:

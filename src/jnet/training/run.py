@@ -128,14 +128,9 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
         KeyboardInterrupt: interrupted (the manifest records it; resume with ``resume=True``).
     """
     run_dir = Path(out_dir).expanduser().resolve()
-    root, prepared = read_prepared(config)
-    config = fill_from_cache(config, prepared, root)
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)  # before the model is built
     # Model, data and splits are checked before the run directory is touched: bad input writes nothing.
-    module = JNetModule(config, prepared)
-    check_loss_weights(config, module.model)
-    datamodule = _datamodule(config, root, module.model.in_size)
-    datamodule.setup("fit")  # reads splits.json: a leak or an empty split is refused here
+    config, root, module, datamodule = check_run(config)
 
     rank0 = is_rank_zero()
     if rank0:  # a refused directory says so before Lightning announces the hardware
@@ -176,6 +171,26 @@ def train(config: Config, out_dir: str | os.PathLike, *, resume: bool = False,
     if status == "interrupted":
         raise KeyboardInterrupt
     return run_dir
+
+
+def check_run(config: Config) -> tuple[Config, Path, JNetModule, L.LightningDataModule]:
+    """Everything :func:`train` checks before it writes a file: the prepared data, the config
+    against it, the model it builds, the loss weights and the splits (``setup("fit")``).
+
+    Returns:
+        The config filled from the cache, the cache's directory, the Lightning module and the
+        data module, set up for fitting.
+
+    Raises:
+        ConfigError, DataError: naming what is wrong.
+    """
+    root, prepared = read_prepared(config)
+    config = fill_from_cache(config, prepared, root)
+    module = JNetModule(config, prepared)
+    check_loss_weights(config, module.model)
+    datamodule = _datamodule(config, root, module.model.in_size)
+    datamodule.setup("fit")  # reads splits.json: a leak or an empty split is refused here
+    return config, root, module, datamodule
 
 
 def check_resumable(path: Path, module: JNetModule) -> None:
