@@ -90,6 +90,13 @@ def test_csv_round_trip_and_plots(tmp_path):
     report.plot_quality_vs_size(agg, tmp_path / "q.png")
     report.plot_pareto(agg, tmp_path / "p.png")
     assert all(_is_png(tmp_path / f) for f in ("q.png", "p.png"))
+    # every cell degenerate: the plot says so (no empty legend, no warning)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.plot_pareto([{**a, "jaccard": math.nan} for a in agg], tmp_path / "empty.png")
+    assert _is_png(tmp_path / "empty.png")
 
 
 def test_sample_figure_draws_each_model_on_the_high_res_image(tmp_path):

@@ -251,11 +251,14 @@ def plot_pareto(aggregated: Sequence[dict], path: str | Path, speed: str = "imag
         pts = [(a[speed], a["jaccard"] * 100) for a in usable]
         front = pareto_front(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
-    ax.set_xscale("log")
+        ax.legend(fontsize=8)
+        ax.set_xscale("log")
+    else:  # say why the plot is empty rather than leave a blank frame
+        ax.text(0.5, 0.5, "no model to show:\nevery cell degenerate or not timed", ha="center",
+                va="center", transform=ax.transAxes)
     ax.set_xlabel(f"{_COLUMNS.get(speed, (speed,))[0]} (log scale)")
     ax.set_ylabel("Jaccard % at the output resolution")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
     ax.set_title("Quality against speed (labels: input size)")
     save_png(fig, path)
 
