@@ -223,6 +223,24 @@ def test_nan_and_inf_are_refused(models, tmp_path):
             predict_paths(predictor, [src], tmp_path / "out")
 
 
+def test_a_2d_nifti_is_one_slice_and_its_outputs_are_2d(tmp_path):
+    volume = nib.load(str(write_volume(tmp_path / "v.nii.gz", shape=(40, 48, 1), channels=1)))
+    data = np.asarray(volume.dataobj)  # (40, 48, 1)
+    predictor = Predictor.from_model(Bright().eval(), info_for(BINARY, ("T2",)))
+    two_d = tmp_path / "two_d.nii.gz"
+    nib.save(nib.Nifti1Image(data[:, :, 0], volume.affine), str(two_d))
+    (record,) = predict_paths(predictor, [two_d], tmp_path / "out", probabilities=True, overlay=True)
+    mask = nib.load(str(tmp_path / "out" / "two_d.nii.gz"))
+    assert mask.shape == (40, 48) and record["slices"] == 1 and record["shape"] == [40, 48, 1]
+    np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-5)
+    assert nib.load(str(tmp_path / "out" / "two_d_prob.nii.gz")).shape == (40, 48, 1)
+    labels = np.asarray(mask.dataobj)
+    assert set(np.unique(labels).tolist()) == {0, 1}  # the blob found: not a vacuous comparison
+    # the same slice as a 3D file of one slice: the same labels
+    predict_paths(predictor, [tmp_path / "v.nii.gz"], tmp_path / "out3d")
+    np.testing.assert_array_equal(labels, np.asarray(nib.load(str(tmp_path / "out3d" / "v.nii.gz")).dataobj)[:, :, 0])
+
+
 def test_wrong_rank_is_refused(models, tmp_path):
     predictor, _ = models
     path = tmp_path / "five.nii.gz"

@@ -77,6 +77,15 @@ def test_scores_equal_an_independent_computation(folders):
     assert json.loads((root / "pred" / "summary.json").read_text())["definitions"]["hd95"].startswith("MONAI")
 
 
+def test_2d_masks_are_one_slice(tmp_path):
+    gt, pred = np.zeros((40, 30), np.uint8), np.zeros((40, 30), np.uint8)
+    gt[8:30, 6:24], pred[10:30, 6:24] = 1, 1
+    save(tmp_path / "labels" / "c.nii.gz", gt)
+    save(tmp_path / "pred" / "c.nii.gz", pred[..., None])  # (X, Y, 1) against (X, Y): one slice both
+    (row,) = evaluate_folder(tmp_path / "pred", tmp_path / "labels")["per_case"]
+    assert row["structures"]["label 1"]["dice"] == pytest.approx(2 * 20 * 18 / (20 * 18 + 22 * 18))
+
+
 def test_identical_masks_score_perfectly_and_shifts_within_tolerance_keep_nsd(tmp_path):
     gt = np.zeros((30, 30, 10), np.uint8)
     gt[5:25, 5:25, 2:8] = 1

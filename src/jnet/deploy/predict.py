@@ -304,9 +304,11 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
                 np.save(f, probs[..., 0].astype(np.float32))
             written.append(files["probabilities"])
     else:
+        if len(header.get_data_shape()) == 2:  # a 2D input, read as one slice: 2D outputs
+            labels, probs = labels[..., 0], None if probs is None else probs[..., 0]
         write_nifti(files["mask"], labels, loaded.affine, header)
         written.append(files["mask"])
-        if probs is not None:  # (classes, X, Y, Z) -> (X, Y, Z, classes), the MSD channel layout
+        if probs is not None:  # (classes, X, Y[, Z]) -> (X, Y[, Z], classes), the MSD channel layout
             write_nifti(files["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32),
                         loaded.affine, header)
             written.append(files["probabilities"])

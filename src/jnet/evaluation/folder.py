@@ -114,8 +114,10 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, affine = readers.read_nifti(path, label=True)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.ndim == 2:  # one slice
+        data = data[..., None]
     if data.ndim != 3:
-        raise DataError(f"{path}: a mask of shape {data.shape}; expected 3D (X, Y, Z)")
+        raise DataError(f"{path}: a mask of shape {data.shape}; expected 2D (X, Y) or 3D (X, Y, Z)")
     return data, affine
 
 

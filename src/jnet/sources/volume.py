@@ -17,7 +17,7 @@ from jnet.sources.types import LoadedCase
 
 def load_volume(path: str | Path, channels: Sequence[str] | None = None,
                 file_channels: Sequence[str] | None = None) -> LoadedCase:
-    """Read one prediction input: a NIfTI file (3D, or 4D with channels last), a BraTS case folder
+    """Read one prediction input: a NIfTI file (2D, 3D, or 4D with channels last), a BraTS case folder
     (FLAIR, T1, T1ce, T2 in this order; ``channels`` selects by name) or a PNG slice.
 
     A NIfTI file does not name its channels: an MSD file's come from the ``dataset.json`` of its
@@ -46,14 +46,16 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None,
     if not readers.is_nifti(path):
         raise DataError(f"{path}: expected a .nii/.nii.gz file, a BraTS case folder or a .png file")
     data, affine = readers.read_nifti(path)
-    if data.ndim == 3:
+    if data.ndim == 2:  # one slice: a volume of one, written back 2D (predict)
+        image = data[None, :, :, None]
+    elif data.ndim == 3:
         image = data[None]
     elif data.ndim == 4:
         image = np.moveaxis(data, -1, 0)
     else:
         raise DataError(
-            f"{path}: a {data.ndim}D image of shape {data.shape}; expected 3D (X, Y, Z) or 4D "
-            f"(X, Y, Z, channels)"
+            f"{path}: a {data.ndim}D image of shape {data.shape}; expected 2D (X, Y), 3D (X, Y, Z) "
+            f"or 4D (X, Y, Z, channels)"
         )
     names = _manifest_channel_names(path, image.shape[0], "modality")
     if not names and file_channels:
