@@ -83,6 +83,15 @@ def test_problems_are_listed_with_their_files(tmp_path):
     assert any("'numTraining' is 4 but imagesTr holds 2" in p for p in problems)
 
 
+def test_an_undeclared_label_value_names_dataset_json(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate")
+    label = np.zeros((16, 16, 4), np.uint8)
+    label[2:5, 2:5] = 7
+    save_nifti(root / "labelsTr" / "prostate_000.nii.gz", label)
+    (problem,) = [str(p) for p in check_dataset(root, progress=False)]
+    assert "prostate_000.nii.gz: label values [7] are not declared labels [0, 1, 2] (from dataset.json 'labels')" in problem
+
+
 def test_bad_manifest_is_named(tmp_path):
     root = write_nnunet(tmp_path / "Dataset001_Prostate")
     meta = json.loads((root / "dataset.json").read_text())

@@ -191,7 +191,8 @@ def check_label_values(
         declared, where = {0, 1}, "the PNG default labels {0, 1}"
     else:
         declared = set(source.labels)
-        where = "dataset.json 'labels'" if source.layout == "msd" else f"the BraTS {source.edition} labels"
+        where = (f"the BraTS {source.edition} labels" if source.layout == "brats"
+                 else "dataset.json 'labels'")  # MSD, nnU-Net
     bad = sorted(int(v) for v in values if int(v) not in declared)
     if bad:
         hint = ""
