@@ -388,6 +388,27 @@ def test_nnunet_channel_files_are_one_case(models, tmp_path):
     assert Path(record["outputs"]["mask"]).name == "case7.nii.gz"
 
 
+def test_nnunet_png_channel_files_are_one_slice(models, tmp_path):
+    """nnU-Net's 2D format: CASE_0000.png (T2) + CASE_0001.png (ADC) -> one mask CASE.png, equal to
+    the mask of the same pixels as a one-slice NIfTI (PNG rows are the NIfTI's first axis)."""
+    torch_model, _ = models
+    data = np.asarray(nib.load(write_volume(tmp_path / "v.nii.gz", shape=(40, 48, 1))).dataobj)[:, :, 0]
+    pixels = np.clip(data, 0, 255).astype(np.uint8)  # (40, 48, 2)
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for c in range(2):
+        Image.fromarray(pixels[..., c]).save(folder / f"case3_{c:04d}.png")
+    (record,) = predict_paths(torch_model, [folder], tmp_path / "out", probabilities=True)
+    assert Path(record["outputs"]["mask"]).name == "case3.png" and record["channels"] == 2
+    mask = np.asarray(Image.open(tmp_path / "out" / "case3.png"))
+    assert mask.shape == (40, 48) and len(np.unique(mask)) >= 2
+    assert np.load(tmp_path / "out" / "case3_prob.npy").shape == (3, 40, 48)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(pixels[:, :, None, :].astype(np.float32), np.eye(4)), flat)
+    (reference,) = predict_paths(torch_model, [flat], tmp_path / "ref")
+    np.testing.assert_array_equal(mask, np.asarray(nib.load(reference["outputs"]["mask"]).dataobj)[:, :, 0])
+
+
 def test_png_masks_come_back_in_the_files_own_values(png_dir, tmp_path):
     """Prepared with --label-map 0:0,255:1, a model writes 0/255 masks, as its training masks."""
     from jnet.cache.build import prepare_dataset

@@ -120,3 +120,77 @@ def test_prepare_takes_nnunet_splits_final(tmp_path):
     with pytest.raises(DataError, match="patient leakage"):
         prepare_dataset(root, tmp_path / "cache3", size=16, progress=False, splits_file=tmp_path / "leak.json")
     assert not (tmp_path / "cache2").exists() and not (tmp_path / "cache3").exists()
+
+
+# ------------------------------------------------------------------------------- 2D datasets
+def write_nnunet_png(root: Path, n_cases: int = 4, colour: bool = False, shape=(20, 24)) -> Path:
+    """nnU-Net v2's 2D format: ``CASE_0000.png`` (+ ``_0001``) or one colour file, ``CASE.png`` labels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        case = f"slide_{i:03d}"
+        pixels = rng.integers(10, 250, shape + (3,), dtype=np.uint8)
+        if colour:
+            Image.fromarray(pixels).save(root / "imagesTr" / f"{case}_0000.png")
+        else:
+            for c in range(2):
+                Image.fromarray(pixels[..., c]).save(root / "imagesTr" / f"{case}_{c:04d}.png")
+        label = np.zeros(shape, np.uint8)
+        label[4:12, 5 + i:15] = 1
+        label[6:9, 7:10] = 2
+        Image.fromarray(label).save(root / "labelsTr" / f"{case}.png")
+    channels = {"0": "R", "1": "G", "2": "B"} if colour else CHANNELS
+    meta = {"channel_names": channels, "labels": {"background": 0, "gland": 1, "lumen": 2},
+            "numTraining": n_cases, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_2d_png_dataset_is_one_slice_per_case(tmp_path, colour):
+    from PIL import Image
+
+    root = write_nnunet_png(tmp_path / "Dataset120_Glands", colour=colour)
+    source = discover(root)
+    assert source.layout == "nnunet" and len(source.cases) == 4
+    case = load_case(source, source.cases[1])
+    pixels = np.asarray(Image.open(source.cases[1].images[0]), dtype=np.float32)
+    assert case.image.shape == ((3 if colour else 2), 20, 24, 1) and case.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(case.image[0, ..., 0], pixels[..., 0] if colour else pixels)
+    label = np.asarray(Image.open(root / "labelsTr" / "slide_001.png"))
+    np.testing.assert_array_equal(case.label[..., 0], label)
+    if colour:
+        assert [p.name for p in source.cases[1].images] == ["slide_001_0000.png"]
+        green = load_case(source, source.cases[1], ["G"])
+        np.testing.assert_array_equal(green.image[0, ..., 0], pixels[..., 1])
+    assert [str(p) for p in check_dataset(root, progress=False)] == []
+    out = prepare_dataset(root, tmp_path / "cache", task="multiclass", size=16, progress=False,
+                          val_fraction=0.25, test_fraction=0.25)
+    assert len(json.loads((out / "prepared.json").read_text())["cases"]) == 4
+
+
+def test_2d_png_problems_are_named(tmp_path):
+    from PIL import Image
+
+    root = write_nnunet_png(tmp_path / "Dataset120_Glands")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "labelsTr" / "slide_000.png")
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "imagesTr" / "slide_001_0001.png")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "imagesTr" / "slide_002_0001.png")
+    problems = [str(p) for p in check_dataset(root, progress=False)]
+    assert any("slide_000.png: a label of 20x20 pixels; its image slide_000_0000.png has 24x20" in p for p in problems)
+    assert any("slide_001_0000.png: case slide_001: 4 channel(s) in slide_001_0000.png, slide_001_0001.png; "
+               "dataset.json 'channel_names' has 2 (T2, ADC)" in p for p in problems)
+    assert any("case slide_002: its channel images differ in size (slide_002_0000.png 24x20, "
+               "slide_002_0001.png 12x10)" in p for p in problems)
+    assert len(problems) == 3, problems
+
+
+def test_a_2d_nifti_case_is_one_slice(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset001_Prostate", shape=(16, 16))
+    source = discover(root)
+    case = load_case(source, source.cases[0])
+    assert case.image.shape == (2, 16, 16, 1) and case.label.shape == (16, 16, 1)
+    assert [str(p) for p in check_dataset(root, progress=False)] == []

@@ -45,11 +45,16 @@ class Item:
     name: str  # output stem
     files: tuple[Path, ...] = ()  # nnunet: the channel files in order
 
+    @property
+    def png(self) -> bool:
+        """A PNG slice, or an nnU-Net 2D case of PNG channel files: PNG in, PNG out."""
+        return is_png(self.path)
+
     def outputs(self, out: Path, overlay: bool, probabilities: bool) -> dict[str, Path]:
-        ext = ".png" if self.kind == "png" else ".nii.gz"
+        ext = ".png" if self.png else ".nii.gz"
         files = {"mask": out / f"{self.name}{ext}"}
         if probabilities:
-            files["probabilities"] = out / (f"{self.name}_prob.npy" if self.kind == "png"
+            files["probabilities"] = out / (f"{self.name}_prob.npy" if self.png
                                             else f"{self.name}_prob.nii.gz")
         if overlay:
             files["overlay"] = out / f"{self.name}_overlay.png"
@@ -108,13 +113,17 @@ def nnunet_cases(paths: Sequence[Path], n_channels: int) -> tuple[dict[str, tupl
     """Group nnU-Net channel files (``CASE_0000.nii.gz`` ... ``CASE_000{n-1}``) into cases.
 
     Only a complete set of exactly the model's ``n_channels`` files forms a case (so a lone
-    ``scan_0003.nii.gz`` stays a file of its own). Returns ``({case: files in channel order},
-    the other paths)``.
+    ``scan_0003.nii.gz`` stays a file of its own). PNG files (nnU-Net's 2D format) are grouped
+    only for a model of several channels: for one channel, ``CASE_0000.png`` is a PNG slice like
+    any other (PNG slice folders often number their slices so). Returns ``({case: files in
+    channel order}, the other paths)``.
     """
     by_ending: dict[str, list[Path]] = {}
     for path in paths:
         if path.is_file() and is_nifti(path):
             by_ending.setdefault(".nii.gz" if path.name.lower().endswith(".gz") else ".nii", []).append(path)
+        elif path.is_file() and is_png(path) and n_channels > 1:
+            by_ending.setdefault(path.suffix, []).append(path)
     cases: dict[str, tuple[Path, ...]] = {}
     for ending, files in by_ending.items():
         for case, channels in group_channel_files(files, ending).items():
@@ -248,7 +257,7 @@ def _predict_item(predictor: Predictor, item: Item, files: dict[str, Path], batc
     else:
         loaded = load_volume(item.path, list(meta.channels) if item.kind != "png" else None,
                              file_channels)
-    header = _header(item) if item.kind != "png" else None
+    header = None if item.png else _header(item)
     check_volume(loaded.image, meta, source)
     lap("load")
     inputs, axis = preprocess(loaded.image, loaded.affine, meta, source)
@@ -296,7 +305,7 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
            encoded: np.ndarray, probs: np.ndarray | None, axis: int, meta: ModelMeta,
            written: list[Path]) -> None:
     """Write the outputs of one input, appending each finished file to ``written``."""
-    if item.kind == "png":
+    if item.png:
         write_png(files["mask"], labels[:, :, 0])
         written.append(files["mask"])
         if probs is not None:
@@ -314,7 +323,7 @@ def _write(item: Item, files: dict[str, Path], loaded: Any, header: Any, labels:
             written.append(files["probabilities"])
     if "overlay" in files:
         write_overlay(files["overlay"], loaded.image, encoded, axis, meta, title=item.name,
-                      affine=None if item.kind == "png" else loaded.affine)
+                      affine=None if item.png else loaded.affine)
         written.append(files["overlay"])
 
 

@@ -155,11 +155,15 @@ def check_geometry(
 
 
 def squeeze_label(report: Report, path: Path, label: np.ndarray) -> np.ndarray | None:
-    """Drop trailing singleton axes ((X, Y, Z, 1) -> (X, Y, Z)); anything else must be 3D."""
+    """Drop trailing singleton axes ((X, Y, Z, 1) -> (X, Y, Z)); a 2D map is one slice
+    ((X, Y) -> (X, Y, 1)); anything else must be 3D."""
     while label.ndim > 3 and label.shape[-1] == 1:
         label = label[..., 0]
+    if label.ndim == 2:
+        label = label[..., None]
     if label.ndim != 3:
-        report.error(path, f"a label map of shape {label.shape}; expected 3D (X, Y, Z), one value per voxel")
+        report.error(path, f"a label map of shape {label.shape}; expected 2D (X, Y) or 3D (X, Y, Z), "
+                           f"one value per voxel")
         return None
     return label
 
@@ -218,7 +222,8 @@ def natural_key(text: str) -> list:
 def read_channels(
     report: Report, paths: Sequence[Path], names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Read one 3D file per channel; all must share shape and affine. Returns ``((C, X, Y, Z), affine)``."""
+    """Read one 3D (or 2D: one slice) file per channel; all must share shape and affine. Returns
+    ``((C, X, Y, Z), affine)``."""
     volumes: list[np.ndarray] = []
     first: tuple[Path, np.ndarray, np.ndarray] | None = None
     ok = True
@@ -228,9 +233,11 @@ def read_channels(
             ok = False
             continue
         data, affine = read  # type: ignore[misc]
+        if data.ndim == 2:  # one slice
+            data = data[..., None]
         if data.ndim != 3:
-            report.error(path, f"a {data.ndim}D image of shape {data.shape}; expected one 3D volume "
-                         f"(X, Y, Z) per modality file")
+            report.error(path, f"a {data.ndim}D image of shape {data.shape}; expected one 2D (X, Y) or "
+                         f"3D (X, Y, Z) image per modality file")
             ok = False
             continue
         if first is None:

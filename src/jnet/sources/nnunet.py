@@ -6,6 +6,10 @@
 values is a region, as nnU-Net's region training: ``"whole tumor": [1, 2, 3]``) and the file
 ending (``file_ending``: ".nii.gz"). A case is every ``CASE_XXXX`` file of one ``CASE``, read as one
 multi-channel image; ``numTraining`` is checked against the cases found.
+
+2D datasets (nnU-Net v2's ``.png``): a case is one slice, a grayscale PNG per channel, or, as
+nnU-Net allows for colour images, one colour ``CASE_0000.png`` holding the three channels of a
+three-channel ``channel_names``; the label ``labelsTr/CASE.png`` holds one value per pixel.
 """
 from __future__ import annotations
 
@@ -14,11 +18,22 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from jnet.sources.common import Found, Problem, Report, read_channel_files
+import numpy as np
+
+from jnet.sources import readers
+from jnet.sources.common import (
+    Found,
+    Problem,
+    Report,
+    check_intensities,
+    check_label_values,
+    read_channel_files,
+    select_channels,
+)
 from jnet.sources.types import Case, DatasetSource, LoadedCase
 
 REQUIRED_KEYS = {"channel_names": dict, "labels": dict, "numTraining": int, "file_ending": str}
-SUPPORTED_ENDINGS = (".nii.gz", ".nii")
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".png")
 
 
 def is_nnunet(root: Path) -> bool:
@@ -120,6 +135,8 @@ def scan(root: Path) -> Found:
             problems.append(Problem(images, f"{len(stray)} file(s) not named CASE_XXXX{ending} "
                                             f"(ignored): {', '.join(stray[:10])}", "warning"))
         for case_id, by_channel in sorted(groups.items()):
+            if ending == ".png" and n == 3 and set(by_channel) == {0}:
+                by_channel = {i: by_channel[0] for i in range(n)}  # one colour file: read once
             missing = [f"{case_id}_{i:04d}{ending} ({channels[i]})" for i in range(n) if i not in by_channel]
             extra = sorted(i for i in by_channel if i >= n)
             if missing or extra:
@@ -132,8 +149,8 @@ def scan(root: Path) -> Found:
             if label is not None and not label.is_file():
                 problems.append(Problem(label, f"case {case_id}: label file missing"))
                 continue
-            cases.append(Case(case_id, tuple(by_channel[i] for i in range(n)), label,
-                              split=None if labelled else "test"))
+            files = tuple(dict.fromkeys(by_channel[i] for i in range(n)))
+            cases.append(Case(case_id, files, label, split=None if labelled else "test"))
     n_train = sum(c.label is not None for c in cases)
     if meta["numTraining"] != n_train:
         problems.append(Problem(manifest, f"'numTraining' is {meta['numTraining']} but imagesTr holds "
@@ -144,4 +161,45 @@ def scan(root: Path) -> Found:
 
 def read_case(source: DatasetSource, case: Case, channels: Sequence[str] | None,
               report: Report) -> LoadedCase | None:
+    if readers.is_png(case.images[0]):
+        return read_png_case(source, case, channels, report)
     return read_channel_files(source, case, channels, report)
+
+
+def read_png_case(source: DatasetSource, case: Case, channels: Sequence[str] | None,
+                  report: Report) -> LoadedCase | None:
+    """A 2D case as one slice: ``image (C, H, W, 1)``, ``label (H, W, 1)``, 1 mm pixels."""
+    keep = select_channels(source.channels, channels)
+    planes: list[np.ndarray] = []
+    for path in case.images:
+        pixels = report.read(path, lambda p=path: readers.read_png(p))
+        if pixels is None:
+            return None
+        planes += [pixels] if pixels.ndim == 2 else list(np.moveaxis(pixels, -1, 0))  # type: ignore[union-attr, arg-type]
+    first = case.images[0]
+    if len(planes) != len(source.channels):
+        report.error(first, f"case {case.case_id}: {len(planes)} channel(s) in "
+                            f"{', '.join(p.name for p in case.images)}; dataset.json 'channel_names' "
+                            f"has {len(source.channels)} ({', '.join(source.channels)})")
+        return None
+    if len({p.shape for p in planes}) > 1:
+        report.error(first, f"case {case.case_id}: its channel images differ in size "
+                            f"({', '.join(f'{p.name} {q.shape[1]}x{q.shape[0]}' for p, q in zip(case.images, planes))})")
+        return None
+    image = np.stack([planes[i] for i in keep])[..., None]
+    names = tuple(source.channels[i] for i in keep)
+    if not check_intensities(report, first, image, names):
+        return None
+    label = None
+    if case.label is not None:
+        mask = report.read(case.label, lambda: readers.read_png(case.label, mask=True))
+        if mask is None:
+            return None
+        if mask.shape != planes[0].shape:  # type: ignore[union-attr]
+            report.error(case.label, f"a label of {mask.shape[1]}x{mask.shape[0]} pixels; its image "  # type: ignore[union-attr]
+                                     f"{first.name} has {planes[0].shape[1]}x{planes[0].shape[0]}")
+            return None
+        label = check_label_values(report, source, case.label, mask[..., None])  # type: ignore[index]
+        if label is None:
+            return None
+    return LoadedCase(np.ascontiguousarray(image, dtype=np.float32), label, np.eye(4), (1.0, 1.0, 1.0), names)

@@ -75,15 +75,19 @@ def load_volume(path: str | Path, channels: Sequence[str] | None = None,
 
 
 def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = None) -> LoadedCase:
-    """Read an nnU-Net case (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in channel order).
+    """Read an nnU-Net case (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... in channel order; or
+    ``CASE_0000.png``, ... : one slice).
 
     The channels are named by the ``channel_names`` of a ``dataset.json`` beside the files (or one
     folder up); without one, file ``_000i`` is the model's channel i, as in nnU-Net.
     """
     paths = [Path(p) for p in paths]
-    read = read_channels(Report(strict=True), paths, [p.name for p in paths])
-    assert read is not None  # strict mode raises instead
-    image, affine = read
+    if readers.is_png(paths[0]):  # nnU-Net's 2D format: one grayscale PNG per channel, one slice
+        image, affine = _png_channels(paths), np.eye(4)
+    else:
+        read = read_channels(Report(strict=True), paths, [p.name for p in paths])
+        assert read is not None  # strict mode raises instead
+        image, affine = read
     names = _manifest_channel_names(paths[0], len(paths), "channel_names")
     if names and channels is not None:
         keep = select_channels(names, channels)
@@ -91,6 +95,20 @@ def load_channel_files(paths: Sequence[Path], channels: Sequence[str] | None = N
     elif not names and channels is not None and len(channels) == len(paths):
         names = tuple(channels)
     return LoadedCase(image, None, affine, spacing_of(affine), tuple(names))  # any order: see load_volume
+
+
+def _png_channels(paths: Sequence[Path]) -> np.ndarray:
+    """``(C, H, W, 1)`` from one grayscale PNG per channel, all of one size."""
+    planes = [readers.read_png(p) for p in paths]
+    for path, plane in zip(paths, planes):
+        if plane.ndim != 2:
+            raise DataError(f"{path}: a colour PNG as one channel file of {len(paths)}; expected grayscale")
+        if plane.shape != planes[0].shape:
+            raise DataError(f"{path}: {plane.shape[1]}x{plane.shape[0]} pixels, but {paths[0].name} has "
+                            f"{planes[0].shape[1]}x{planes[0].shape[0]}")
+    image = np.stack(planes)[..., None]
+    check_intensities(Report(strict=True), paths[0], image, [p.name for p in paths])
+    return image
 
 
 def _manifest_channel_names(path: Path, count: int, key: str) -> tuple[str, ...]:
