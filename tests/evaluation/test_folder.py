@@ -86,6 +86,26 @@ def test_2d_masks_are_one_slice(tmp_path):
     assert row["structures"]["label 1"]["dice"] == pytest.approx(2 * 20 * 18 / (20 * 18 + 22 * 18))
 
 
+def test_png_masks_are_scored_as_one_slice_of_1_mm_pixels(tmp_path):
+    """nnU-Net's 2D format: CASE.png predictions against CASE.png labels."""
+    from PIL import Image
+
+    gt, pred = np.zeros((40, 30), np.uint8), np.zeros((40, 30), np.uint8)
+    gt[8:30, 6:24], pred[10:30, 6:24] = 1, 1
+    for folder, mask in (("labels", gt), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(mask).save(tmp_path / folder / "c.png")
+    summary = evaluate_folder(tmp_path / "pred", tmp_path / "labels")
+    (row,) = summary["per_case"]
+    scores = row["structures"]["label 1"]
+    assert row["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert scores["dice"] == pytest.approx(2 * 20 * 18 / (20 * 18 + 22 * 18))
+    # distances along the slice, between contours (in 3D every pixel of one slice is surface)
+    assert scores["hd95"] == pytest.approx(independent_hd95(pred > 0, gt > 0, (1.0, 1.0)), abs=1e-4)
+    assert scores["hd95"] == pytest.approx(2.0)  # the top edge moved by two pixels
+    assert 0 < scores["nsd"] < 1
+
+
 def test_identical_masks_score_perfectly_and_shifts_within_tolerance_keep_nsd(tmp_path):
     gt = np.zeros((30, 30, 10), np.uint8)
     gt[5:25, 5:25, 2:8] = 1
@@ -142,9 +162,9 @@ def test_no_pairs_is_an_error(tmp_path):
 def test_an_empty_folder_is_named(tmp_path):
     save(tmp_path / "p" / "a.nii.gz", np.zeros((4, 4, 4), np.uint8))
     (tmp_path / "l").mkdir()
-    with pytest.raises(DataError, match=r"l: no NIfTI label file"):
+    with pytest.raises(DataError, match=r"l: no label file \(\.nii, \.nii\.gz, \.png\)"):
         evaluate_folder(tmp_path / "p", tmp_path / "l")
-    with pytest.raises(DataError, match=r"l: no NIfTI prediction"):
+    with pytest.raises(DataError, match=r"l: no prediction \(\.nii, \.nii\.gz, \.png\)"):
         evaluate_folder(tmp_path / "l", tmp_path / "p")
 
 

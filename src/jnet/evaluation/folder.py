@@ -1,6 +1,7 @@
 """Score a folder of predicted masks against a folder of label files, as ``nnUNetv2_evaluate_folder``.
 
-Files pair by name (``case.nii.gz`` in both folders). Each pair is scored in its own voxel grid and
+Files pair by name (``case.nii.gz`` in both folders; PNG masks, nnU-Net's 2D format, as
+``case.png``: one slice of 1 mm pixels). Each pair is scored in its own voxel grid and
 spacing (from the label file's affine), per structure: Dice, Jaccard, HD95 and surface Dice (NSD,
 MONAI), with the empty-mask policy of :mod:`jnet.evaluation.metrics` (both empty: Dice = Jaccard =
 NSD = 1, HD95 = 0; one empty: 0, HD95 undefined). A structure is a label value or a region (a set
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from jnet.errors import ConfigError, DataError, JnetError
-from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, jsonable, volume_metrics
+from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, jsonable, slice_metrics, volume_metrics
 from jnet.sources import readers
 from jnet.sources.common import AFFINE_TOLERANCE, spacing_of
 from jnet.utils.atomic import check_writable, write_json, write_text
@@ -77,7 +78,7 @@ def pair_files(pred_dir: Path, labels_dir: Path) -> tuple[list[tuple[Path, Path]
     """``(pairs, predictions without a label, labels without a prediction)``, by file name."""
     def masks(folder: Path) -> dict[str, Path]:
         return {p.name: p for p in sorted(folder.iterdir())
-                if p.is_file() and readers.is_nifti(p) and not readers.is_hidden(p)}
+                if p.is_file() and (readers.is_nifti(p) or readers.is_png(p)) and not readers.is_hidden(p)}
 
     preds, labels = masks(pred_dir), masks(labels_dir)
     pairs = [(preds[n], labels[n]) for n in sorted(preds) if n in labels]
@@ -93,9 +94,15 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     p = np.stack([np.isin(pred, structures[n]) for n in names])  # (K, X, Y, Z)
     g = np.stack([np.isin(gt, structures[n]) for n in names])
     spacing = tuple(float(s) for s in spacing)
-    # volume_metrics takes (first axis, K, H, W) with the spacing of those axes
-    m = volume_metrics(torch.from_numpy(p).permute(1, 0, 2, 3), torch.from_numpy(g).permute(1, 0, 2, 3),
-                       spacing)
+    if p.shape[3] == 1:
+        # one slice (a 2D file): surfaces are its contours, as in jnet evaluate's per-slice scores;
+        # in 3D every pixel of a one-slice mask would be surface
+        p, g, spacing = p[..., 0], g[..., 0], spacing[:2]
+        m = {k: v[0] for k, v in slice_metrics(torch.from_numpy(p)[None], torch.from_numpy(g)[None],
+                                               spacing).items()}
+    else:  # volume_metrics takes (first axis, K, H, W) with the spacing of those axes
+        m = volume_metrics(torch.from_numpy(p).permute(1, 0, 2, 3), torch.from_numpy(g).permute(1, 0, 2, 3),
+                           spacing)
     with warnings.catch_warnings():  # MONAI warns on empty masks: the policy above handles them
         warnings.simplefilter("ignore")
         nsd = compute_surface_dice(torch.from_numpy(p)[None].float(), torch.from_numpy(g)[None].float(),
@@ -111,6 +118,8 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if readers.is_png(path):
+        return readers.read_png(path, mask=True)[..., None], np.eye(4)
     data, affine = readers.read_nifti(path, label=True)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -133,7 +142,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     """Score every prediction in ``pred_dir`` against the same-named label in ``labels_dir``.
 
     Args:
-        pred_dir, labels_dir: folders of ``.nii``/``.nii.gz`` masks.
+        pred_dir, labels_dir: folders of ``.nii``/``.nii.gz`` (or ``.png``) masks.
         structures: name -> label values (a region when several); default :func:`structures_of`.
         out_dir: where ``summary.json`` and ``per_case.csv`` go (default ``pred_dir``).
         tolerance_mm: the surface Dice tolerance.
@@ -158,9 +167,9 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     pairs, no_label, no_pred = pair_files(pred_dir, labels_dir)
     if not pairs:
         if not no_pred:
-            raise DataError(f"{labels_dir}: no NIfTI label file (.nii, .nii.gz) to score against")
+            raise DataError(f"{labels_dir}: no label file (.nii, .nii.gz, .png) to score against")
         if not no_label:
-            raise DataError(f"{pred_dir}: no NIfTI prediction (.nii, .nii.gz) to score")
+            raise DataError(f"{pred_dir}: no prediction (.nii, .nii.gz, .png) to score")
         raise DataError(f"{pred_dir}: no prediction has a same-named label file in {labels_dir}")
     from tqdm.auto import tqdm
 
