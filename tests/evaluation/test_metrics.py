@@ -77,6 +77,19 @@ def test_volume_metrics_use_the_slice_spacing():
     assert volume_metrics(pred, gt, (0.5, 1.0, 1.0))["hd95"][0] == pytest.approx(0.5, rel=1e-6)
 
 
+def test_a_volume_of_one_slice_is_scored_as_that_slice():
+    # pred: the gt box with its top edge two rows lower (spacing 0.5 mm along H). As a slice the
+    # top contours lie 2 rows = 1.0 mm apart (a quarter of gt's contour: the 95th percentile); as a
+    # one-slice 3D volume every pixel would be surface, and the two moved rows, 9% of gt's area,
+    # would put the percentile below 1.0.
+    gt, pred = square((40, 30), rows=(8, 30), cols=(6, 24)), square((40, 30), rows=(10, 30), cols=(6, 24))
+    volume = volume_metrics(one(pred), one(gt), (3.0, 0.5, 1.0))
+    slices = slice_metrics(one(pred), one(gt), (0.5, 1.0))
+    for m in ("jaccard", "dice", "hd95"):
+        assert volume[m][0] == slices[m][0, 0]
+    assert volume["hd95"][0] == pytest.approx(1.0)
+
+
 # ---------------------------------------------------------------- the empty policy, both ways
 def test_empty_policy_for_slices():
     empty, full = np.zeros((12, 12), bool), square()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from jnet.errors import ConfigError, DataError, JnetError
-from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, jsonable, slice_metrics, volume_metrics
+from jnet.evaluation.metrics import EMPTY_POLICY_TEXT, HD95_DEFINITION, jsonable, volume_metrics
 from jnet.sources import readers
 from jnet.sources.common import AFFINE_TOLERANCE, spacing_of
 from jnet.utils.atomic import check_writable, write_json, write_text
@@ -94,15 +94,11 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     p = np.stack([np.isin(pred, structures[n]) for n in names])  # (K, X, Y, Z)
     g = np.stack([np.isin(gt, structures[n]) for n in names])
     spacing = tuple(float(s) for s in spacing)
-    if p.shape[3] == 1:
-        # one slice (a 2D file): surfaces are its contours, as in jnet evaluate's per-slice scores;
-        # in 3D every pixel of a one-slice mask would be surface
+    # volume_metrics takes (Z, K, X, Y) with the spacing of those axes; one slice is scored as one
+    m = volume_metrics(torch.from_numpy(p).permute(3, 0, 1, 2), torch.from_numpy(g).permute(3, 0, 1, 2),
+                       (spacing[2], spacing[0], spacing[1]))
+    if p.shape[3] == 1:  # surface Dice along the contours of the slice, likewise
         p, g, spacing = p[..., 0], g[..., 0], spacing[:2]
-        m = {k: v[0] for k, v in slice_metrics(torch.from_numpy(p)[None], torch.from_numpy(g)[None],
-                                               spacing).items()}
-    else:  # volume_metrics takes (first axis, K, H, W) with the spacing of those axes
-        m = volume_metrics(torch.from_numpy(p).permute(1, 0, 2, 3), torch.from_numpy(g).permute(1, 0, 2, 3),
-                           spacing)
     with warnings.catch_warnings():  # MONAI warns on empty masks: the policy above handles them
         warnings.simplefilter("ignore")
         nsd = compute_surface_dice(torch.from_numpy(p)[None].float(), torch.from_numpy(g)[None].float(),

@@ -141,10 +141,15 @@ def volume_metrics(pred, gt, spacing) -> dict[str, np.ndarray]:
     Returns:
         ``{"jaccard", "dice", "hd95"}``, each a float64 array ``(K,)``.
 
+    A case of one slice (a 2D image) is scored as that slice (:func:`slice_metrics`): in 3D every
+    pixel of a one-slice mask would be surface, and HD95 would measure areas, not contours.
+
     Shape: ``pred``, ``gt`` ``(Z, K, H, W)`` -> ``(K,)`` per metric.
     """
     p, g = _check_pair(pred, gt, 4, "(Z, K, H, W)")
     s = _check_spacing(spacing, 1, 3)
+    if p.shape[0] == 1:
+        return {m: v[0] for m, v in slice_metrics(p, g, s[0, 1:]).items()}
     # (Z, K, H, W) -> (1, K, Z, H, W): one "batch" item with K channels.
     out = _overlap_and_hd95(p.permute(1, 0, 2, 3).unsqueeze(0), g.permute(1, 0, 2, 3).unsqueeze(0), s)
     return {m: v[0] for m, v in out.items()}
