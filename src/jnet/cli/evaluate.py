@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Pair PRED_DIR/NAME with LABELS_DIR/NAME, score each case at its own spacing per "
                     "label or region (Dice, Jaccard, HD95, surface Dice), write summary.json and "
                     "per_case.csv.")
-    f.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted masks (.nii/.nii.gz)")
+    f.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted masks (.nii/.nii.gz/.png)")
     f.add_argument("labels_dir", metavar="LABELS_DIR", help="folder of label files with the same names")
     f.add_argument("--labels", default=None, metavar="PZ:1,TZ:2",
                    help="structures: NAME:VALUE, or a region NAME:V1+V2 (WT:1+2+4); default: the "
