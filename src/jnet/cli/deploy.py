@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "one JSON line per input with timings.")
     p.add_argument("model", metavar="MODEL", help=".onnx file (ONNX Runtime), run directory or checkpoint")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="NIfTI file (2D, 3D or 4D), nnU-Net channel files, BraTS case folder, PNG slice, or a folder of those")
+                   help="NIfTI file (2D, 3D or 4D), nnU-Net channel files, BraTS case folder, PNG "
+                        "slice, or a folder of those")
     p.add_argument("-i", "--input", dest="more_inputs", action="append", default=[], metavar="INPUT",
                    help="an input as an option (nnU-Net's -i); may be repeated")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")

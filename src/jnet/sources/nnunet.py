@@ -172,10 +172,11 @@ def read_png_case(source: DatasetSource, case: Case, channels: Sequence[str] | N
     keep = select_channels(source.channels, channels)
     planes: list[np.ndarray] = []
     for path in case.images:
-        pixels = report.read(path, lambda p=path: readers.read_png(p))
-        if pixels is None:
+        read = report.read(path, lambda p=path: readers.read_png(p))
+        if read is None:
             return None
-        planes += [pixels] if pixels.ndim == 2 else list(np.moveaxis(pixels, -1, 0))  # type: ignore[union-attr, arg-type]
+        pixels = np.asarray(read)
+        planes += [pixels] if pixels.ndim == 2 else list(np.moveaxis(pixels, -1, 0))
     first = case.images[0]
     if len(planes) != len(source.channels):
         report.error(first, f"case {case.case_id}: {len(planes)} channel(s) in "
@@ -183,8 +184,8 @@ def read_png_case(source: DatasetSource, case: Case, channels: Sequence[str] | N
                             f"has {len(source.channels)} ({', '.join(source.channels)})")
         return None
     if len({p.shape for p in planes}) > 1:
-        report.error(first, f"case {case.case_id}: its channel images differ in size "
-                            f"({', '.join(f'{p.name} {q.shape[1]}x{q.shape[0]}' for p, q in zip(case.images, planes))})")
+        sizes = ", ".join(f"{p.name} {q.shape[1]}x{q.shape[0]}" for p, q in zip(case.images, planes))
+        report.error(first, f"case {case.case_id}: its channel images differ in size ({sizes})")
         return None
     image = np.stack([planes[i] for i in keep])[..., None]
     names = tuple(source.channels[i] for i in keep)
@@ -192,14 +193,15 @@ def read_png_case(source: DatasetSource, case: Case, channels: Sequence[str] | N
         return None
     label = None
     if case.label is not None:
-        mask = report.read(case.label, lambda: readers.read_png(case.label, mask=True))
-        if mask is None:
+        read = report.read(case.label, lambda: readers.read_png(case.label, mask=True))
+        if read is None:
             return None
-        if mask.shape != planes[0].shape:  # type: ignore[union-attr]
-            report.error(case.label, f"a label of {mask.shape[1]}x{mask.shape[0]} pixels; its image "  # type: ignore[union-attr]
+        mask = np.asarray(read)
+        if mask.shape != planes[0].shape:
+            report.error(case.label, f"a label of {mask.shape[1]}x{mask.shape[0]} pixels; its image "
                                      f"{first.name} has {planes[0].shape[1]}x{planes[0].shape[0]}")
             return None
-        label = check_label_values(report, source, case.label, mask[..., None])  # type: ignore[index]
+        label = check_label_values(report, source, case.label, mask[..., None])
         if label is None:
             return None
     return LoadedCase(np.ascontiguousarray(image, dtype=np.float32), label, np.eye(4), (1.0, 1.0, 1.0), names)
