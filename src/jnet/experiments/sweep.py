@@ -4,9 +4,9 @@ Every cell not yet finished is checked first (:func:`check_cells`): one that can
 the sweep before any cell trains. Each cell trains, evaluates at the output resolution and benches
 (PyTorch eager and ONNX Runtime), then writes ``cells/<name>/cell.json``. A cell with
 ``cell.json`` is finished and skipped on a re-run; a cell interrupted mid-training resumes from
-its last checkpoint. At the end every cell's
-model is timed again, side by side (:func:`time_side_by_side`), and the rows are gathered into
-``results.csv``, ``results.md``, plots and ``report.md`` (see :mod:`jnet.experiments.report`).
+its last checkpoint. At the end every cell's model is timed again, side by side
+(:func:`time_side_by_side`), and the rows are gathered into ``results.csv``, ``results.md``,
+plots and ``report.md`` (see :mod:`jnet.experiments.report`).
 
 Sweep config (YAML)::
 
