@@ -11,7 +11,7 @@ from jnet.errors import DataError
 from jnet.evaluation.compare import MIN_CASES, paired_gain, read_scores
 
 
-def write_eval(folder, jaccard, cases, degenerate=None, structures=("gland",)):
+def write_eval(folder, jaccard, cases, degenerate=None, structures=("gland",), downsample="area"):
     """An evaluation folder as `jnet evaluate` writes it: per_slice.csv and metrics.json."""
     folder.mkdir(parents=True)
     with open(folder / "per_slice.csv", "w", newline="") as f:
@@ -21,7 +21,7 @@ def write_eval(folder, jaccard, cases, degenerate=None, structures=("gland",)):
         for i, (j, case) in enumerate(zip(jaccard, cases)):
             # written in reverse order: the reader pairs slices by index, not by row
             writer.writerow([len(cases) - 1 - i, case, i] + [j, j, ""] * len(structures))
-    (folder / "metrics.json").write_text(json.dumps({"degenerate": degenerate}))
+    (folder / "metrics.json").write_text(json.dumps({"degenerate": degenerate, "downsample": downsample}))
     return read_scores(folder)
 
 
@@ -47,6 +47,16 @@ def test_gain_is_the_slice_mean_difference_and_the_interval_spans_the_cases(tmp_
     assert paired_gain(model, reference) == result
     same = paired_gain(reference, reference)
     assert (same["gain"], same["ci_low"], same["ci_high"], same["ahead"]) == (0.0, 0.0, 0.0, 0)
+
+
+def test_inputs_made_in_different_ways_are_named(tmp_path):
+    cases = _cases(2)
+    flat = np.full(len(cases), 0.5)
+    same = paired_gain([write_eval(tmp_path / "m", flat, cases)], [write_eval(tmp_path / "r", flat, cases)])
+    assert same["inputs"] is None
+    mixed = paired_gain([write_eval(tmp_path / "g", flat, cases, downsample="gaussian")],
+                        [read_scores(tmp_path / "r")])
+    assert mixed["inputs"] == {str(tmp_path / "g"): "gaussian", str(tmp_path / "r"): "area"}
 
 
 def test_structures_are_averaged_per_slice(tmp_path):

@@ -163,6 +163,36 @@ def test_scores_follow_the_prediction(tmp_path):
     assert m["degenerate_structures"] == {"prostate": "full"} and m["hd95"]["mean"] > 0
 
 
+def test_inputs_can_be_made_another_way_than_in_training(tmp_path):
+    """--downsample: the model sees the cache's slices downsampled that way; metrics.json says so."""
+    from jnet.cache.reader import SliceDataset
+    from jnet.errors import ConfigError
+
+    root = make_cache(tmp_path / "cache")
+    seen = []
+
+    class Recorder(nn.Module):
+        in_size = SMALL
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.full((x.shape[0], 1, S, S), 5.0)
+
+    m = evaluate(Recorder(), info_for(), root, out_dir=tmp_path / "e", overlays=0, quiet=True,
+                 downsample="gaussian")
+    assert (m["downsample"], m["trained_downsample"]) == ("gaussian", "area")
+    first = {mode: torch.as_tensor(SliceDataset(root, "test", fold=0, in_size=SMALL, downsample=mode)[0][0]).float()
+             for mode in ("gaussian", "area")}
+    assert torch.allclose(seen[0][0], first["gaussian"]) and not torch.allclose(seen[0][0], first["area"])
+    seen.clear()
+    assert evaluate(Recorder(), info_for(), root, out_dir=tmp_path / "e2", overlays=0,
+                    quiet=True)["downsample"] == "area"
+    assert torch.allclose(seen[0][0], first["area"])
+    with pytest.raises(ConfigError, match="bicubic"):
+        evaluate(Recorder(), info_for(), root, out_dir=tmp_path / "e3", overlays=0, quiet=True,
+                 downsample="bicubic")
+
+
 # ---------------------------------------------------------------- real models, same resolution
 def test_baseline_and_jnet_are_scored_at_the_same_size(tmp_path):
     from jnet.models.jnet import build_model
@@ -305,6 +335,8 @@ def test_cli_prints_a_table_and_refuses_a_second_run(tmp_path, capsys):
     assert "| prostate |" in printed and "metrics.json" in printed
     assert main(args) == 2
     assert "already holds evaluation results" in capsys.readouterr().err
+    assert main(args[:-4] + ["--out", str(tmp_path / "eval-nearest"), "--overlays", "0", "--downsample", "nearest"]) == 0
+    assert "input 8x8 (nearest; trained on area)" in capsys.readouterr().out
 
 
 def test_crash_while_overwriting_keeps_the_previous_results(tmp_path, monkeypatch):

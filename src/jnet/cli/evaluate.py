@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", type=int, default=3, metavar="N",
                    help="overlay PNGs: best, median, worst case by volume Jaccard (0: none)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--downsample", default=None, choices=("area", "nearest", "gaussian"),
+                   help="make the low-resolution inputs this way instead of as in training: how the "
+                        "model fares with another point-spread function (default: as in training)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a pickled checkpoint (runs code from the file: only for files you trust)")
@@ -83,6 +86,9 @@ def run_compare(args: argparse.Namespace) -> int:
                   f"{len(scores)} seed(s) ({', '.join(f'{v:.1f}' for v in scores)})")
         print("per seed: " + ", ".join(f"{100 * g:+.1f}" for g in result["per_seed"]) + " points")
     print(f"gain in mean slice Jaccard: {describe(result)} ({result['n_slices']} slices)")
+    if result["inputs"]:
+        print("note: the evaluations made their low-resolution inputs in different ways ("
+              + ", ".join(sorted(set(result["inputs"].values()))) + "); the gain mixes that in")
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -125,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
             args.source, args.data, trust_pickle=args.trust_pickle, verify=not args.no_verify,
             split=args.split, fold=args.fold, out_dir=args.out, batch_size=args.batch_size,
             native=args.native, overlays=args.overlays, device=args.device,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, downsample=args.downsample)
     out = Path(args.out)
     up = metrics.get("logits_upsampled_from")
     print(f"{metrics['split']} split: {metrics['n_slices']} slices, {metrics['n_cases']} cases, "
-          f"input {metrics['in_size']}x{metrics['in_size']} ({metrics['downsample']}), scored at "
+          f"input {metrics['in_size']}x{metrics['in_size']} ({metrics['downsample']}"
+          + ("" if metrics["downsample"] == metrics["trained_downsample"]
+             else f"; trained on {metrics['trained_downsample']}") + "), scored at "
           f"{metrics['out_size']}x{metrics['out_size']}"
           + (f" (model output {up}x{up} upsampled bilinearly)" if up else ""))
     print()

@@ -39,6 +39,7 @@ class SliceScores:
     case: np.ndarray  # (N,) case id of each slice
     jaccard: np.ndarray  # (N,) float64
     degenerate: str | None  # what `jnet evaluate` flagged, else None
+    inputs: str | None = None  # how its low-resolution inputs were made (metrics.json downsample)
 
 
 def read_scores(folder: str | Path) -> SliceScores:
@@ -63,13 +64,14 @@ def read_scores(folder: str | Path) -> SliceScores:
         index = np.array([int(r["index"]) for r in rows])
         case = np.array([r["case_id"] for r in rows])
         jaccard = np.array([np.mean([float(r[c]) for c in columns]) for r in rows])
-        degenerate = None
+        degenerate = inputs = None
         if (folder / "metrics.json").is_file():
-            degenerate = json.loads((folder / "metrics.json").read_text()).get("degenerate") or None
+            metrics = json.loads((folder / "metrics.json").read_text())
+            degenerate, inputs = metrics.get("degenerate") or None, metrics.get("downsample")
     except (KeyError, TypeError, ValueError) as e:  # a hand-edited or truncated file
         raise DataError(f"{folder}: unreadable per_slice.csv or metrics.json ({type(e).__name__}: {e})") from e
     order = np.argsort(index, kind="stable")
-    return SliceScores(folder, index[order], case[order], jaccard[order], degenerate)
+    return SliceScores(folder, index[order], case[order], jaccard[order], degenerate, inputs)
 
 
 def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], *,
@@ -86,6 +88,8 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
         ``n_pairs``, ``excluded``, ``n_cases``, ``n_slices``, ``resamples``, and each side's own
         mean slice Jaccard per pair (``model_jaccard``, ``reference_jaccard``: the figures a
         table quotes as mean ± std); Jaccard as a fraction. ``gain`` is None when no pair is left.
+        ``inputs``: the ways the evaluations made their low-resolution inputs, where they differ
+        (``jnet evaluate --downsample``), else None.
     Raises:
         DataError: the lists differ in length or are empty, or two evaluations scored other slices.
     """
@@ -102,6 +106,7 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
     result = {"level": level, "n_pairs": len(pairs), "excluded": len(model) - len(pairs),
               "n_cases": len(cases), "n_slices": len(first.index), "resamples": resamples,
               "gain": None, "per_seed": [], "ahead": 0, "ci_low": None, "ci_high": None,
+              "inputs": _differing_inputs([*model, *reference]),
               "model_jaccard": [float(m.jaccard.mean()) for m, _ in pairs],
               "reference_jaccard": [float(r.jaccard.mean()) for _, r in pairs]}
     if not pairs:
@@ -117,6 +122,12 @@ def paired_gain(model: Sequence[SliceScores], reference: Sequence[SliceScores], 
     if interval is not None:
         result.update(ci_low=interval[0], ci_high=interval[1])
     return result
+
+
+def _differing_inputs(scores: Sequence[SliceScores]) -> dict[str, str] | None:
+    """``{folder: downsample}`` where the evaluations' inputs were not all made one way."""
+    modes = {str(s.source): s.inputs for s in scores if s.inputs is not None}
+    return modes if len(set(modes.values())) > 1 else None
 
 
 def case_interval(sums: np.ndarray, counts: np.ndarray, *, level: float = LEVEL,

@@ -3,7 +3,7 @@ overlay PNGs.
 
 Every number is computed at the cache size ``S`` (the high-resolution grid): the model sees the
 low-resolution input that training saw (``info["downsample"]``, through the dataset and
-``jnet.transforms.lowres.downsample``), and a model whose eval output is smaller than ``S`` (a plain base at ``s``)
+``jnet.transforms.lowres.downsample``; ``downsample=`` makes it another way, a robustness check), and a model whose eval output is smaller than ``S`` (a plain base at ``s``)
 gets its logits upsampled bilinearly to ``S`` first, which is recorded. Metrics are per slice (2D)
 and per case (the case's slices restacked into a volume), per structure, with the empty-mask policy
 of :mod:`jnet.evaluation.metrics` (which also restacks volumes). ``native=True`` adds the same metrics on each
@@ -33,6 +33,7 @@ from jnet.evaluation.metrics import EMPTY_POLICY, EMPTY_POLICY_TEXT, MetricsColl
 from jnet.models.blocks import upsample_bilinear
 from jnet.training.checkpoint import load_model, resolve
 from jnet.transforms import tasks
+from jnet.transforms.lowres import check_mode
 from jnet.utils.atomic import check_writable, output_error, swap_dir, write_json, write_text
 from jnet.utils.options import choose
 
@@ -72,6 +73,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     quiet: bool = False,
+    downsample: str | None = None,
 ) -> dict:
     """Predict every slice of a split, score it and write the results to ``out_dir``.
 
@@ -90,9 +92,13 @@ def evaluate(
         device: torch device for the forward passes.
         overwrite: replace earlier results in ``out_dir`` instead of refusing.
         quiet: no progress bar.
+        downsample: make the low-resolution inputs another way than in training (a
+            ``data.downsample`` mode): how the model fares when the scanner's point-spread
+            function is not the one it was trained on. None: as in training.
 
     Returns:
-        The metrics.json content.
+        The metrics.json content (``downsample``: the inputs' mode; ``trained_downsample``:
+        training's).
     """
     from tqdm.auto import tqdm
 
@@ -111,7 +117,8 @@ def evaluate(
     size = int(cache_meta["size"])
     config = dict(info.get("model") or getattr(model, "config", {}))
     in_size = int(getattr(model, "in_size", None) or config["in_size"])
-    downsample = info.get("downsample", "area")
+    trained = info.get("downsample", "area")
+    downsample = trained if downsample is None else check_mode(downsample)
     dataset = SliceDataset(prepared, split, fold=fold, in_size=in_size, downsample=downsample, augment=False)
     if len(dataset) == 0:
         raise DataError(f"{prepared_dir}: split {split!r} (fold {fold}) holds no slices")
@@ -159,6 +166,7 @@ def evaluate(
         "model_out_size": model_out,
         "logits_upsampled_from": model_out if model_out != size else None,
         "downsample": downsample,
+        "trained_downsample": trained,
         "split": split,
         "fold": fold if split in ("val", "train") else None,
         "prepared": str(prepared_dir.resolve()),
