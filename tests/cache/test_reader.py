@@ -204,3 +204,24 @@ def test_lowres_cache_gives_the_same_batches(cache):
     assert cached._lowres is not None and pickle.loads(pickle.dumps(cached))._lowres is None
     with pytest.raises(ConfigError, match="data.lowres_cache"):
         SliceDataset(cache, "train", downsample="nearest", augment="flip", lowres_cache=True)
+
+
+def test_training_inputs_may_be_made_by_several_modes(cache):
+    """data.train_downsample: each augmented sample is downsampled by one of the modes (the same
+    flips as with one mode), every mode is drawn, and an unaugmented split keeps downsample."""
+    modes = ("area", "gaussian", "nearest")
+    positions = list(range(24))
+    mixed, _, _ = SliceDataset(cache, "all", in_size=4, augment="flip", seed=3,
+                               train_downsample=modes).__getitems__(positions)
+    single = {m: SliceDataset(cache, "all", in_size=4, downsample=m, augment="flip",
+                              seed=3).__getitems__(positions)[0] for m in modes}
+    # with flips only, one mode flips after downsampling and consumes the draws first: compare
+    # with the high-resolution path, which the mixed reader takes
+    which = [[m for m in modes if torch.allclose(mixed[i], single[m][i], atol=1e-5)] for i in range(24)]
+    assert all(len(w) >= 1 for w in which), which
+    assert {w[0] for w in which if len(w) == 1} == set(modes)
+    plain = SliceDataset(cache, "all", in_size=4, train_downsample=modes)  # no augmentation: no mix
+    torch.testing.assert_close(plain.__getitems__(positions)[0],
+                               SliceDataset(cache, "all", in_size=4).__getitems__(positions)[0])
+    with pytest.raises(ConfigError, match="bicubic"):
+        SliceDataset(cache, "all", in_size=4, augment="flip", train_downsample=("area", "bicubic"))

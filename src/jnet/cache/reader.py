@@ -25,7 +25,7 @@ from jnet.cache.schema import IMAGES_FILE, LABELS_FILE, PREPARED_FILE, check_met
 from jnet.cache.splits import load_splits, split_indices
 from jnet.errors import ConfigError, DataError
 from jnet.transforms.augment import FLIP_EQUIVARIANT, augment_batch, augment_mode, batch_generator
-from jnet.transforms.lowres import check_mode, downsample
+from jnet.transforms.lowres import check_mode, downsample, downsample_mixed
 
 
 class Prepared:
@@ -122,6 +122,8 @@ class SliceDataset(Dataset):
         seed: seed of the augmentation.
         lowres_cache: compute the low-res images of the split once and keep them in memory
             (see :class:`PreparedDataModule`).
+        train_downsample: with augmentation, each sample's input is made by one of these modes,
+            drawn per sample (:func:`jnet.transforms.lowres.downsample_mixed`); None: ``downsample``.
 
     ``dataset[i]`` returns ``(lr_image, hr_label, meta)``: ``lr_image (C, s, s)`` float32,
     ``hr_label (S, S)`` uint8 and ``{"index": row, "case_id": str, "slice_index": int}``.
@@ -132,7 +134,8 @@ class SliceDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike | Prepared, split: str = "train", fold: int = 0,
                  in_size: int = 16, downsample: str = "area", augment: bool | str = False,
-                 seed: int = 0, lowres_cache: bool = False) -> None:
+                 seed: int = 0, lowres_cache: bool = False,
+                 train_downsample: Sequence[str] | None = None) -> None:
         self.prepared = root if isinstance(root, Prepared) else open_prepared(root)
         self.split, self.fold = split, fold
         self.in_size = check_in_size(in_size, self.prepared.size)
@@ -141,8 +144,11 @@ class SliceDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.rows = split_indices(self.prepared, load_splits(self.prepared.root), split, fold)
+        # several modes only where the batch is augmented (training): the others see downsample
+        self.modes = (tuple(check_mode(m) for m in train_downsample)
+                      if train_downsample and self.augment != "none" else None)
         self._augment_low_res = self.augment == "none" or (
-            self.augment == "flip" and self.downsample in FLIP_EQUIVARIANT)
+            self.augment == "flip" and self.downsample in FLIP_EQUIVARIANT and self.modes is None)
         if lowres_cache and not self._augment_low_res:
             raise ConfigError(
                 f"data.lowres_cache: a fixed low-res cache needs augment none, or flip with downsample "
@@ -183,6 +189,8 @@ class SliceDataset(Dataset):
             images = torch.from_numpy(self.prepared.images[rows[order]]).float()
             if not self._augment_low_res:
                 images, labels = augment_batch(images, labels, self.augment, generator, order=back)
+                if self.modes:
+                    return downsample_mixed(images, self.in_size, self.modes, generator), labels, self._meta(rows)
                 return downsample(images, self.in_size, self.downsample), labels, self._meta(rows)
             lr = downsample(images, self.in_size, self.downsample)
         # Flips of the low-res image equal flips at high resolution here (module docstring).

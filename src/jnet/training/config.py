@@ -41,6 +41,9 @@ class DataConfig:
     channels: Optional[tuple[str, ...]] = None  # checked against the cache's channel names
     fold: int = 0
     downsample: Literal["area", "nearest", "gaussian"] = "area"
+    # training inputs made by one of these per sample (acquisition augmentation); None: downsample.
+    # Validation, evaluation and prediction use downsample.
+    train_downsample: Optional[tuple[Literal["area", "nearest", "gaussian"], ...]] = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -40,7 +41,7 @@ class PreparedDataModule(pl.LightningDataModule):
                  batch_size: int = 16, num_workers: int = 0, fold: int = 0,
                  augment: bool | str = True, seed: int = 0, eval_batch_size: int | None = None,
                  drop_last: bool = True, predict_split: str = "test", pin_memory: bool = False,
-                 lowres_cache: bool = False) -> None:
+                 lowres_cache: bool = False, train_downsample: Sequence[str] | None = None) -> None:
         super().__init__()
         self.root = Path(root)
         self.prepared = open_prepared(self.root)
@@ -51,6 +52,7 @@ class PreparedDataModule(pl.LightningDataModule):
         self.num_workers, self.fold, self.seed = num_workers, fold, int(seed)
         self.drop_last, self.predict_split, self.pin_memory = drop_last, predict_split, pin_memory
         self.lowres_cache = lowres_cache
+        self.train_downsample = tuple(train_downsample) if train_downsample else None
         self.task = self.prepared.task
         self.channels = self.prepared.channels
         self.size = self.prepared.size
@@ -63,7 +65,8 @@ class PreparedDataModule(pl.LightningDataModule):
         if split not in self._datasets:
             self._datasets[split] = SliceDataset(
                 self.prepared, split, self.fold, self.in_size, self.downsample,
-                self.augment if split == "train" else "none", self.seed, self.lowres_cache)
+                self.augment if split == "train" else "none", self.seed, self.lowres_cache,
+                self.train_downsample if split == "train" else None)
         return self._datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -314,7 +314,8 @@ def _datamodule(config: Config, root: Path, in_size: int) -> L.LightningDataModu
     t = config.train
     return PreparedDataModule(root, in_size, downsample=config.data.downsample,
                               batch_size=t.batch_size, num_workers=t.num_workers,
-                              fold=config.data.fold, augment=t.augment, seed=t.seed)
+                              fold=config.data.fold, augment=t.augment, seed=t.seed,
+                              train_downsample=config.data.train_downsample)
 
 
 def _fit(trainer: L.Trainer, module: JNetModule, datamodule: Any, ckpt: Optional[Path]) -> None:

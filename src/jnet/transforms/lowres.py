@@ -67,6 +67,23 @@ def downsample(x: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:
     return _gaussian_decimate(x, size)
 
 
+def downsample_mixed(x: torch.Tensor, size: int, modes: tuple[str, ...],
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Each image of the batch downsampled by one of ``modes``, drawn uniformly: training on
+    several point-spread functions (``data.train_downsample``), so that a model does not learn
+    the fine print of one simulated acquisition.
+
+    Shape: ``(B, C, H, W) -> (B, C, size, size)``.
+    """
+    pick = torch.randint(len(modes), (len(x),), generator=generator)
+    out = torch.empty(x.shape[:2] + (size, size), dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+    for i, mode in enumerate(modes):
+        chosen = (pick == i).nonzero().flatten()
+        if len(chosen):
+            out[chosen] = downsample(x[chosen], size, mode)
+    return out
+
+
 def _gaussian_decimate(x: torch.Tensor, size: int) -> torch.Tensor:
     # MONAI provides the sampled, normalised kernel and the separable convolution; sigma is per
     # axis so a non-square slice is blurred by its own factor along each axis.
