@@ -145,8 +145,8 @@ class SliceDataset(Dataset):
         self.epoch = 0
         self.rows = split_indices(self.prepared, load_splits(self.prepared.root), split, fold)
         # several modes only where the batch is augmented (training): the others see downsample
-        self.modes = (tuple(check_mode(m) for m in train_downsample)
-                      if train_downsample and self.augment != "none" else None)
+        modes = tuple(check_mode(m) for m in train_downsample or ())  # checked either way
+        self.modes = modes if modes and self.augment != "none" else None
         self._augment_low_res = self.augment == "none" or (
             self.augment == "flip" and self.downsample in FLIP_EQUIVARIANT and self.modes is None)
         if lowres_cache and not self._augment_low_res:

@@ -76,7 +76,8 @@ def downsample_mixed(x: torch.Tensor, size: int, modes: tuple[str, ...],
     Shape: ``(B, C, H, W) -> (B, C, size, size)``.
     """
     pick = torch.randint(len(modes), (len(x),), generator=generator)
-    out = torch.empty(x.shape[:2] + (size, size), dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+    x = x if x.is_floating_point() else x.float()  # as downsample returns it
+    out = x.new_empty(x.shape[:2] + (size, size))
     for i, mode in enumerate(modes):
         chosen = (pick == i).nonzero().flatten()
         if len(chosen):
